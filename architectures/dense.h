@@ -1,0 +1,91 @@
+// Dense Llama-style decoder (the baseline every other backbone is compared with): pre-norm blocks of
+// RMSNorm -> grouped-query self-attention with RoPE -> residual, RMSNorm -> SwiGLU -> residual.
+// Parameter names follow Meta's Llama checkpoints (tok_embeddings, layers.N.attention.wq, ...).
+#pragma once
+
+#include "core/model.h"
+#include "core/nn/attention.h"
+#include "core/nn/rms_norm.h"
+#include "core/nn/rope.h"
+#include "core/nn/swiglu.h"
+
+namespace tessera {
+
+struct DenseConfig {
+  std::string arch = "dense";
+  int64_t dim = 256;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;  // 0: same as n_heads (no grouping)
+  int64_t vocab_size = 0;  // 0: taken from the data's vocabulary layout
+  int64_t max_seq_len = 2048;
+  double ffn_dim_multiplier = 0.0;  // Llama's optional multiplier on the 8/3·dim hidden size
+  int64_t multiple_of = 256;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  std::string rope_layout = "half_split";
+  bool tie_embeddings = false;
+  int64_t sliding_window = 0;  // 0: full causal attention
+  double init_std = 0.02;
+
+  template <class V>
+  void fields(V& v) {
+    v.choice("arch", arch, {"dense"}, "architecture name");
+    v.optional("dim", dim, "model width");
+    v.optional("n_layers", n_layers, "transformer blocks");
+    v.optional("n_heads", n_heads, "query heads");
+    v.optional("n_kv_heads", n_kv_heads, "key/value heads for grouped-query attention (0: n_heads)");
+    v.optional("vocab_size", vocab_size, "vocabulary size (0: from the data's layout)");
+    v.optional("max_seq_len", max_seq_len, "longest sequence (RoPE table and KV cache size)");
+    v.optional("ffn_dim_multiplier", ffn_dim_multiplier, "multiplier on the SwiGLU hidden size (0: none)");
+    v.optional("multiple_of", multiple_of, "SwiGLU hidden size is rounded up to this");
+    v.optional("norm_eps", norm_eps, "RMSNorm epsilon");
+    v.optional("rope_theta", rope_theta, "RoPE base frequency");
+    v.choice("rope_layout", rope_layout, {"half_split", "interleaved"}, "RoPE pairing of dimensions");
+    v.optional("tie_embeddings", tie_embeddings, "share input embedding and output projection");
+    v.optional("sliding_window", sliding_window, "attention window in tokens (0: full causal)");
+    v.optional("init_std", init_std, "std of the normal weight init (output projections scaled by 1/sqrt(2·n_layers))");
+  }
+};
+
+struct DenseBlockImpl : torch::nn::Module {
+  DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim);
+  at::Tensor forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl& rope, const at::Tensor& positions,
+                     const nn::MaskSpec& spec, nn::KVCache* cache);
+  nn::RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
+  nn::SelfAttention attention{nullptr};
+  nn::SwiGLU feed_forward{nullptr};
+};
+TORCH_MODULE(DenseBlock);
+
+class DenseModel : public LanguageModel {
+ public:
+  explicit DenseModel(DenseConfig config);
+
+  std::string arch() const override { return "dense"; }
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t max_seq_len() const override { return config_.max_seq_len; }
+  YAML::Node config_yaml() const override;
+  FlopCount flops(int64_t seq_len) const override;
+
+  Outputs forward(const Batch& batch) override;
+  std::unique_ptr<DecodeState> start_decoding(int64_t batch_size, int64_t max_len) override;
+  at::Tensor step(const at::Tensor& tokens, DecodeState& state) override;
+
+  const DenseConfig& config() const { return config_; }
+
+ private:
+  at::Tensor run(const at::Tensor& tokens, const at::Tensor& positions, const nn::MaskSpec& spec,
+                 std::vector<nn::KVCache>* caches);
+  void init_weights();
+
+  DenseConfig config_;
+  int64_t hidden_dim_;
+  torch::nn::Embedding tok_embeddings{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  nn::RMSNorm norm{nullptr};
+  torch::nn::Linear output{nullptr};
+  nn::RotaryEmbedding rope{nullptr};
+};
+
+}  // namespace tessera

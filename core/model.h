@@ -1,0 +1,43 @@
+// The interface every backbone implements (ARCHITECTURE §3): a torch::nn::Module built from a typed
+// config, with a full forward over a Batch and, where it generates, incremental decoding with a cache.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include <memory>
+#include <string>
+
+#include "core/batch.h"
+#include "core/flops.h"
+
+namespace tessera {
+
+// Per-sequence decoding state (KV caches, recurrent states); owned by the caller of step().
+struct DecodeState {
+  virtual ~DecodeState() = default;
+  int64_t position = 0;  // tokens consumed so far
+};
+
+class LanguageModel : public torch::nn::Module {
+ public:
+  ~LanguageModel() override = default;
+
+  virtual std::string arch() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t max_seq_len() const = 0;
+  // The resolved architecture config (every field, defaults filled in), as saved in checkpoints.
+  virtual YAML::Node config_yaml() const = 0;
+  virtual FlopCount flops(int64_t seq_len) const = 0;
+
+  virtual Outputs forward(const Batch& batch) = 0;
+
+  // Incremental generation. `tokens` [B, t] continue the sequences in `state`; returns logits [B, t, V].
+  virtual std::unique_ptr<DecodeState> start_decoding(int64_t batch_size, int64_t max_len) = 0;
+  virtual at::Tensor step(const at::Tensor& tokens, DecodeState& state) = 0;
+
+  int64_t parameter_count() const;
+};
+
+}  // namespace tessera

@@ -1,0 +1,268 @@
+#include "core/nn/attention.h"
+
+#include <ATen/SDPBackend.h>
+
+#include "core/error.h"
+
+namespace tessera::nn {
+namespace {
+
+void check_doc_ids(const torch::Tensor& ids, const char* name, int64_t batch, int64_t len) {
+  check(at::isIntegralType(ids.scalar_type(), /*includeBool=*/false), "attention mask: ", name,
+        " must be an integer tensor, got ", ids.scalar_type());
+  check(ids.dim() == 2 && (ids.size(0) == batch || ids.size(0) == 1) && ids.size(1) == len,
+        "attention mask: ", name, " must be [", batch, " or 1, ", len, "], got ", ids.sizes());
+}
+
+void check_extra(const torch::Tensor& extra, int64_t batch, int64_t q_len, int64_t kv_len) {
+  check(extra.scalar_type() == at::kBool, "attention mask: extra must be bool (true = may attend), got ",
+        extra.scalar_type());
+  check(extra.dim() == 2 || extra.dim() == 4, "attention mask: extra must be [Tq, Tk] or [B, H, Tq, Tk] ",
+        "(unsqueeze a [B, Tq, Tk] mask at dim 1), got ", extra.sizes());
+  const int64_t tq = extra.size(-2), tk = extra.size(-1);
+  const bool ok = (tq == 1 || tq == q_len) && (tk == 1 || tk == kv_len) &&
+                  (extra.dim() == 2 || extra.size(0) == 1 || extra.size(0) == batch);
+  check(ok, "attention mask: extra ", extra.sizes(), " does not broadcast to [", batch, ", H, ", q_len,
+        ", ", kv_len, "]");
+}
+
+// Whether some query row can end up with no key at all. Position constraints alone always leave the
+// query's own position visible when it is a valid key index; documents and extra masks can empty a row.
+bool rows_may_be_empty(const MaskSpec& spec, int64_t q_len, int64_t kv_len) {
+  return spec.q_doc_ids.defined() || spec.extra.defined() || spec.q_offset < 0 ||
+         spec.q_offset + q_len > kv_len;
+}
+
+torch::Tensor project_heads(torch::nn::Linear& proj, const torch::Tensor& x, int64_t heads,
+                            int64_t head_dim) {
+  // [B, T, H*D] -> [B, H, T, D]; a strided view, which SDPA takes as is (last dim contiguous).
+  return proj->forward(x).view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
+}
+
+torch::Tensor merge_heads(const torch::Tensor& y) {
+  // [B, H, T, D] -> [B, T, H*D]
+  return y.transpose(1, 2).reshape({y.size(0), y.size(2), y.size(1) * y.size(3)});
+}
+
+}  // namespace
+
+torch::Tensor build_attention_mask(const MaskSpec& spec, int64_t batch, int64_t q_len, int64_t kv_len,
+                                   torch::Device device, bool* use_is_causal) {
+  if (use_is_causal) *use_is_causal = false;
+  check(batch > 0 && q_len >= 0 && kv_len >= 0, "attention mask: bad sizes batch=", batch,
+        " q_len=", q_len, " kv_len=", kv_len);
+  check(spec.window >= 0, "attention mask: window must be >= 0 (0 = none), got ", spec.window);
+  const bool has_docs = spec.q_doc_ids.defined() || spec.kv_doc_ids.defined();
+  if (has_docs) {
+    check(spec.q_doc_ids.defined() && spec.kv_doc_ids.defined(),
+          "attention mask: q_doc_ids and kv_doc_ids must be given together");
+    check_doc_ids(spec.q_doc_ids, "q_doc_ids", batch, q_len);
+    check_doc_ids(spec.kv_doc_ids, "kv_doc_ids", batch, kv_len);
+  }
+  const bool has_extra = spec.extra.defined();
+  if (has_extra) check_extra(spec.extra, batch, q_len, kv_len);
+  if (q_len == 0 || kv_len == 0) return {};
+
+  // Query positions run over [first, last]. Each positional constraint is materialised only when it
+  // excludes some key, so decoding one token at the end of the cache needs no mask at all.
+  const int64_t first = spec.q_offset, last = spec.q_offset + q_len - 1, w = spec.window;
+  const bool need_causal = spec.causal && first < kv_len - 1;          // j <= p cuts some key
+  const bool need_window_lo = w > 0 && last - w >= 0;                  // p - w < j cuts key 0
+  const bool need_window_hi = w > 0 && !spec.causal && first + w <= kv_len - 1;  // j < p + w
+  const bool positional = need_causal || need_window_lo || need_window_hi;
+  if (!positional && !has_docs && !has_extra) return {};
+  if (use_is_causal && need_causal && !need_window_lo && !need_window_hi && !has_docs && !has_extra &&
+      q_len == kv_len && spec.q_offset == 0) {
+    *use_is_causal = true;  // SDPA's kernels skip masked blocks without reading a mask
+    return {};
+  }
+
+  torch::Tensor mask;  // bool, broadcastable to [B, H, Tq, Tk]
+  if (positional) {
+    const auto opts = torch::TensorOptions().dtype(at::kLong).device(device);
+    const torch::Tensor p = at::arange(first, last + 1, opts).unsqueeze(1);  // [Tq, 1]
+    const torch::Tensor j = at::arange(kv_len, opts).unsqueeze(0);           // [1, Tk]
+    auto both = [&mask](torch::Tensor m) { mask = mask.defined() ? mask.logical_and_(m) : m; };
+    if (need_causal) both(j <= p);
+    if (need_window_lo) both(j > p - w);
+    if (need_window_hi) both(j < p + w);
+    mask = mask.view({1, 1, q_len, kv_len});
+  }
+  if (has_docs) {
+    const torch::Tensor q_docs = spec.q_doc_ids.to(device), kv_docs = spec.kv_doc_ids.to(device);
+    const torch::Tensor same = (q_docs.unsqueeze(2) == kv_docs.unsqueeze(1)).unsqueeze(1);  // [B,1,Tq,Tk]
+    mask = mask.defined() ? mask.logical_and(same) : same;
+  }
+  if (has_extra) {
+    torch::Tensor extra = spec.extra.to(device);
+    if (extra.dim() == 2) extra = extra.view({1, 1, extra.size(0), extra.size(1)});
+    mask = mask.defined() ? mask.logical_and(extra)
+                          : extra.expand({extra.size(0), extra.size(1), q_len, kv_len});
+  }
+  return mask;
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const MaskSpec& spec, std::optional<double> scale) {
+  check(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+        "attention: q, k, v must be [B, H, T, D]; got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2);
+  const int64_t Hkv = k.size(1), Tk = k.size(2);
+  check(k.size(0) == B && v.size(0) == B, "attention: batch sizes differ: q ", q.sizes(), ", k ",
+        k.sizes(), ", v ", v.sizes());
+  check(v.size(1) == Hkv && v.size(2) == Tk, "attention: k ", k.sizes(), " and v ", v.sizes(),
+        " must agree on heads and length");
+  check(k.size(3) == q.size(3), "attention: q and k head dims differ: ", q.sizes(), " vs ", k.sizes());
+  check(Hkv > 0 && Hq % Hkv == 0, "attention: grouped-query attention needs the ", Hkv,
+        " key/value heads to divide the ", Hq, " query heads");
+  if (Tk == 0) return at::zeros({B, Hq, Tq, v.size(3)}, q.options());  // nothing to attend to
+
+  bool is_causal = false;
+  torch::Tensor mask = build_attention_mask(spec, B, Tq, Tk, q.device(), &is_causal);
+  torch::Tensor empty_rows;  // [B|1, H|1, Tq, 1], true where a query has no key
+  if (mask.defined()) {
+    check(mask.size(1) == 1 || mask.size(1) == Hq, "attention: extra mask has ", mask.size(1),
+          " heads, expected 1 or ", Hq);
+    if (rows_may_be_empty(spec, Tq, Tk)) {
+      // Softmax over no keys is 0/0, and backends disagree on the result (2.11: math and
+      // memory-efficient give zeros, cuDNN gives finite garbage). Let such rows see every key, then
+      // zero them: zeros everywhere, and no gradient into q/k/v from those rows.
+      empty_rows = mask.any(-1, /*keepdim=*/true).logical_not_();
+      mask = mask.logical_or(empty_rows);
+    }
+  }
+  const std::optional<torch::Tensor> sdpa_mask =
+      mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+  bool gqa = Hq != Hkv;
+  torch::Tensor keys = k, values = v;
+  if (gqa && q.is_cuda() &&
+      at::_fused_sdp_choice(q, k, v, sdpa_mask, 0.0, is_causal, scale, /*enable_gqa=*/true) ==
+          static_cast<int64_t>(at::SDPBackend::math)) {
+    // LibTorch 2.11's CUDA memory-efficient kernel takes masks and float32 but not GQA, so where
+    // flash and cuDNN do not apply (float32, a mask in deterministic mode) SDPA would fall back to
+    // the math kernel, which materialises [B, Hq, Tq, Tk] scores. Repeating k/v costs far less.
+    // (The CPU flash kernel supports GQA with masks.)
+    keys = k.repeat_interleave(Hq / Hkv, 1);
+    values = v.repeat_interleave(Hq / Hkv, 1);
+    gqa = false;
+  }
+  torch::Tensor out = at::scaled_dot_product_attention(q, keys, values, sdpa_mask, /*dropout_p=*/0.0,
+                                                       is_causal, scale, /*enable_gqa=*/gqa);
+  if (empty_rows.defined()) out = out.masked_fill(empty_rows, 0.0);
+  return out;
+}
+
+KVCache::KVCache(int64_t batch, int64_t n_kv_heads, int64_t max_len, int64_t head_dim,
+                 torch::ScalarType dtype, torch::Device device) {
+  check(batch > 0 && n_kv_heads > 0 && max_len > 0 && head_dim > 0,
+        "KVCache: sizes must be positive, got batch=", batch, " n_kv_heads=", n_kv_heads,
+        " max_len=", max_len, " head_dim=", head_dim);
+  const auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  keys_ = at::empty({batch, n_kv_heads, max_len, head_dim}, opts);
+  values_ = at::empty({batch, n_kv_heads, max_len, head_dim}, opts);
+}
+
+std::pair<torch::Tensor, torch::Tensor> KVCache::append(const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t B = keys_.size(0), H = keys_.size(1), D = keys_.size(3);
+  check(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(3) == D && v.sizes() == k.sizes(),
+        "KVCache: expected k and v [", B, ", ", H, ", T, ", D, "], got ", k.sizes(), " and ", v.sizes());
+  check(k.scalar_type() == keys_.scalar_type() && v.scalar_type() == keys_.scalar_type(),
+        "KVCache: cache holds ", keys_.scalar_type(), " but k/v are ", k.scalar_type(), "/",
+        v.scalar_type());
+  const int64_t T = k.size(2);
+  check(length_ + T <= capacity(), "KVCache overflow: holds ", length_, " of ", capacity(),
+        " positions, cannot append ", T, "; start decoding with a larger max_len");
+  keys_.narrow(2, length_, T).copy_(k);
+  values_.narrow(2, length_, T).copy_(v);
+  length_ += T;
+  return {keys_.narrow(2, 0, length_), values_.narrow(2, 0, length_)};
+}
+
+SelfAttentionImpl::SelfAttentionImpl(const SelfAttentionOptions& o)
+    : dim_(o.dim), n_heads_(o.n_heads), n_kv_heads_(o.n_kv_heads > 0 ? o.n_kv_heads : o.n_heads) {
+  check(o.dim > 0 && o.n_heads > 0 && o.n_kv_heads >= 0 && o.head_dim >= 0,
+        "SelfAttention: dim and n_heads must be positive (n_kv_heads, head_dim >= 0), got dim=", o.dim,
+        " n_heads=", o.n_heads, " n_kv_heads=", o.n_kv_heads, " head_dim=", o.head_dim);
+  check(n_heads_ % n_kv_heads_ == 0, "SelfAttention: n_heads (", n_heads_,
+        ") must be a multiple of n_kv_heads (", n_kv_heads_, ")");
+  check(o.head_dim > 0 || o.dim % o.n_heads == 0, "SelfAttention: dim (", o.dim,
+        ") is not divisible by n_heads (", o.n_heads, "); set head_dim explicitly");
+  head_dim_ = o.head_dim > 0 ? o.head_dim : o.dim / o.n_heads;
+  using torch::nn::LinearOptions;
+  wq = register_module("wq", torch::nn::Linear(LinearOptions(dim_, n_heads_ * head_dim_).bias(o.bias)));
+  wk = register_module("wk", torch::nn::Linear(LinearOptions(dim_, n_kv_heads_ * head_dim_).bias(o.bias)));
+  wv = register_module("wv", torch::nn::Linear(LinearOptions(dim_, n_kv_heads_ * head_dim_).bias(o.bias)));
+  wo = register_module("wo", torch::nn::Linear(LinearOptions(n_heads_ * head_dim_, dim_).bias(o.bias)));
+}
+
+torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const RotaryEmbeddingImpl* rope,
+                                         const torch::Tensor& positions, const MaskSpec& spec,
+                                         KVCache* cache) {
+  check(x.dim() == 3 && x.size(2) == dim_, "SelfAttention: expected x [B, T, ", dim_, "], got ",
+        x.sizes());
+  const int64_t T = x.size(1);
+  torch::Tensor q = project_heads(wq, x, n_heads_, head_dim_);
+  torch::Tensor k = project_heads(wk, x, n_kv_heads_, head_dim_);
+  torch::Tensor v = project_heads(wv, x, n_kv_heads_, head_dim_);
+
+  // With a cache the new queries sit after the cached keys; the offset comes from the cache so that
+  // callers cannot get it wrong (an explicit, different offset is refused).
+  const MaskSpec* mask_spec = &spec;
+  MaskSpec shifted;
+  if (cache) {
+    const int64_t cached = cache->length();
+    check(spec.q_offset == 0 || spec.q_offset == cached, "SelfAttention: spec.q_offset is ",
+          spec.q_offset, " but the cache holds ", cached, " positions (leave q_offset at 0 with a cache)");
+    shifted = spec;
+    shifted.q_offset = cached;
+    mask_spec = &shifted;
+  }
+  if (rope) {
+    const torch::Tensor pos =
+        positions.defined()
+            ? positions
+            : at::arange(mask_spec->q_offset, mask_spec->q_offset + T,
+                         torch::TensorOptions().dtype(at::kLong).device(x.device()));
+    q = rope->apply(q, pos);
+    k = rope->apply(k, pos);
+  }
+  if (cache) std::tie(k, v) = cache->append(k, v);
+  return wo->forward(merge_heads(attention(q, k, v, *mask_spec)));
+}
+
+CrossAttentionImpl::CrossAttentionImpl(const CrossAttentionOptions& o)
+    : q_dim_(o.q_dim), kv_dim_(o.kv_dim), n_heads_(o.n_heads) {
+  check(o.q_dim > 0 && o.kv_dim > 0 && o.n_heads > 0 && o.head_dim >= 0 && o.out_dim >= 0,
+        "CrossAttention: q_dim, kv_dim and n_heads must be positive, got q_dim=", o.q_dim,
+        " kv_dim=", o.kv_dim, " n_heads=", o.n_heads);
+  check(o.head_dim > 0 || o.q_dim % o.n_heads == 0, "CrossAttention: q_dim (", o.q_dim,
+        ") is not divisible by n_heads (", o.n_heads, "); set head_dim explicitly");
+  head_dim_ = o.head_dim > 0 ? o.head_dim : o.q_dim / o.n_heads;
+  const int64_t inner = n_heads_ * head_dim_, out_dim = o.out_dim > 0 ? o.out_dim : o.q_dim;
+  using torch::nn::LinearOptions;
+  wq = register_module("wq", torch::nn::Linear(LinearOptions(q_dim_, inner).bias(o.bias)));
+  wk = register_module("wk", torch::nn::Linear(LinearOptions(kv_dim_, inner).bias(o.bias)));
+  wv = register_module("wv", torch::nn::Linear(LinearOptions(kv_dim_, inner).bias(o.bias)));
+  wo = register_module("wo", torch::nn::Linear(LinearOptions(inner, out_dim).bias(o.bias)));
+}
+
+torch::Tensor CrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory,
+                                          const torch::Tensor& mask) {
+  check(x.dim() == 3 && x.size(2) == q_dim_, "CrossAttention: expected x [B, Tq, ", q_dim_, "], got ",
+        x.sizes());
+  check(memory.dim() == 3 && memory.size(0) == x.size(0) && memory.size(2) == kv_dim_,
+        "CrossAttention: expected memory [", x.size(0), ", Tk, ", kv_dim_, "], got ", memory.sizes());
+  MaskSpec spec;
+  spec.causal = false;
+  if (mask.defined()) {
+    check(mask.dim() == 2 || mask.dim() == 3, "CrossAttention: mask must be [Tq, Tk] or [B, Tq, Tk], got ",
+          mask.sizes());
+    spec.extra = mask.dim() == 3 ? mask.unsqueeze(1) : mask;  // [B, 1, Tq, Tk]: shared by the heads
+  }
+  const torch::Tensor q = project_heads(wq, x, n_heads_, head_dim_);
+  const torch::Tensor k = project_heads(wk, memory, n_heads_, head_dim_);
+  const torch::Tensor v = project_heads(wv, memory, n_heads_, head_dim_);
+  return wo->forward(merge_heads(attention(q, k, v, spec)));
+}
+
+}  // namespace tessera::nn

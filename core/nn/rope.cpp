@@ -1,0 +1,89 @@
+#include "core/nn/rope.h"
+
+#include "core/error.h"
+
+namespace tessera::nn {
+
+RopeLayout parse_rope_layout(const std::string& name) {
+  if (name == "half_split") return RopeLayout::HalfSplit;
+  if (name == "interleaved") return RopeLayout::Interleaved;
+  fail("unknown RoPE layout '", name, "'; valid values: half_split, interleaved");
+}
+
+std::string to_string(RopeLayout layout) {
+  return layout == RopeLayout::HalfSplit ? "half_split" : "interleaved";
+}
+
+RotaryEmbeddingImpl::RotaryEmbeddingImpl(int64_t head_dim, int64_t max_positions, double theta,
+                                         RopeLayout layout)
+    : head_dim_(head_dim), max_positions_(max_positions), theta_(theta), layout_(layout) {
+  check(head_dim > 0 && head_dim % 2 == 0, "RoPE: head_dim must be positive and even, got ", head_dim);
+  check(max_positions > 0, "RoPE: max_positions must be positive, got ", max_positions);
+  check(theta > 0, "RoPE: theta must be positive, got ", theta);
+  // Angles in float64: p * inv_freq reaches ~1e5 rad at long contexts, where float32 keeps only
+  // ~1e-2 rad of absolute precision. Only the final cos/sin are rounded to float32.
+  const auto f64 = torch::TensorOptions().dtype(at::kDouble);
+  const torch::Tensor inv_freq =
+      at::pow(theta, -at::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim));  // [D/2]
+  const torch::Tensor angles = at::outer(at::arange(max_positions, f64), inv_freq);     // [P, D/2]
+  cos_table = register_buffer("cos", angles.cos().to(at::kFloat));
+  sin_table = register_buffer("sin", angles.sin().to(at::kFloat));
+}
+
+void RotaryEmbeddingImpl::check_positions(const torch::Tensor& positions) const {
+  // Inference tensors have no version counter: always check them.
+  const bool memo = !positions.is_inference();
+  std::lock_guard<std::mutex> lock(checked_mutex_);
+  if (memo && positions.is_same(checked_positions_) && positions._version() == checked_version_) return;
+  if (positions.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(positions);
+    const torch::Tensor range = at::stack({lo, hi}).to(at::kCPU, at::kLong);  // one sync
+    const int64_t min_pos = range[0].item<int64_t>(), max_pos = range[1].item<int64_t>();
+    check(min_pos >= 0, "RoPE: negative position ", min_pos);
+    check(max_pos < max_positions_, "RoPE: position ", max_pos, " is beyond the table of ",
+          max_positions_, " positions; raise max_positions (the model's max_seq_len)");
+  }
+  if (memo) {
+    checked_positions_ = positions;
+    checked_version_ = positions._version();
+  }
+}
+
+torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Tensor& positions) const {
+  check(x.dim() == 4 && x.size(3) == head_dim_, "RoPE: expected x [B, H, T, ", head_dim_, "], got ",
+        x.sizes());
+  const int64_t B = x.size(0), T = x.size(2), half = head_dim_ / 2;
+  check(positions.defined() && at::isIntegralType(positions.scalar_type(), /*includeBool=*/false),
+        "RoPE: positions must be an integer tensor");
+  check((positions.dim() == 1 && positions.size(0) == T) ||
+            (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
+        "RoPE: positions must be [T] or [B, T] with B=", B, ", T=", T, "; got ", positions.sizes());
+  check(cos_table.device() == x.device(), "RoPE: tables are on ", cos_table.device(), " but x is on ",
+        x.device(), "; move the module with .to(device)");
+  check_positions(positions);
+
+  // Gather per-position angles, shaped to broadcast over heads: [1 or B, 1, T, D/2].
+  const torch::Tensor flat = positions.reshape(-1).to(x.device(), at::kLong);
+  const int64_t pb = positions.dim() == 2 ? B : 1;
+  const torch::Tensor c = cos_table.index_select(0, flat).view({pb, 1, T, half});
+  const torch::Tensor s = sin_table.index_select(0, flat).view({pb, 1, T, half});
+
+  // float32 for reduced precision (no-op for float32 input; float64 stays float64).
+  const torch::Tensor xf = x.to(at::promote_types(x.scalar_type(), at::kFloat));
+  // (a, b) -> (a cos - b sin, a sin + b cos); addcmul_ acts on fresh temporaries.
+  auto rotate = [&](const torch::Tensor& a, const torch::Tensor& b) {
+    return std::make_pair((a * c).addcmul_(b, s, -1), (a * s).addcmul_(b, c));
+  };
+  torch::Tensor out;
+  if (layout_ == RopeLayout::HalfSplit) {
+    const auto [ra, rb] = rotate(xf.narrow(-1, 0, half), xf.narrow(-1, half, half));
+    out = at::cat({ra, rb}, -1);
+  } else {
+    const torch::Tensor pairs = xf.unflatten(-1, {half, 2});
+    const auto [ra, rb] = rotate(pairs.select(-1, 0), pairs.select(-1, 1));
+    out = at::stack({ra, rb}, -1).flatten(-2);
+  }
+  return out.to(x.scalar_type());
+}
+
+}  // namespace tessera::nn

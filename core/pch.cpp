@@ -1,0 +1,1 @@
+// Empty: compiles core/pch.h once so that the other targets can reuse it.

@@ -1,0 +1,115 @@
+#include "eval/bench/train_bench.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "architectures/dense.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/train/optimizer.h"
+#include "core/train/runtime.h"
+#include "core/train/trainer.h"
+#include "core/train/weights.h"
+#include "objectives/lm.h"
+
+namespace tessera {
+
+TrainBenchResult bench_train(const TrainBenchOptions& o) {
+  check(o.steps > 0 && o.warmup >= 0, "bench: --steps must be positive and --warmup >= 0");
+  const c10::Device device = select_device(o.device);
+  const bool bf16 = use_bf16(o.precision, device);
+  seed_everything(o.seed);
+
+  DenseConfig config;
+  config.dim = o.dim;
+  config.n_layers = o.n_layers;
+  config.n_heads = o.n_heads;
+  config.n_kv_heads = o.n_kv_heads;
+  config.vocab_size = o.vocab_size;
+  config.max_seq_len = o.seq_len;
+  config.tie_embeddings = o.tie_embeddings;
+  auto model = std::make_shared<DenseModel>(config);
+  model->to(device);
+  model->train();
+  LMObjective objective;
+  auto named = parameter_tensors(*model);
+  std::vector<at::Tensor> params;
+  for (const auto& [name, p] : named) params.push_back(p);
+  AdamW optimizer(named, AdamWConfig{});
+
+  // A few fixed random batches rotated through, so that no step sees cached inputs.
+  std::vector<Batch> batches;
+  for (int i = 0; i < 4; ++i) {
+    at::Tensor row = at::randint(o.vocab_size, {o.batch_size, o.seq_len + 1}, at::kLong);
+    Batch b;
+    b.tokens = row.narrow(1, 0, o.seq_len).contiguous();
+    b.targets = row.narrow(1, 1, o.seq_len).contiguous();
+    batches.push_back(b.to(device));
+  }
+  size_t next = 0;
+  auto next_batch = [&] { return batches[next++ % batches.size()]; };
+
+  reset_peak_memory(device);
+  std::vector<double> times_ms;
+  double first_loss = 0, last_loss = 0;
+  for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
+    synchronize(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    const StepOutput out = train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
+    optimizer.step(1e-4);
+    optimizer.zero_grad();
+    synchronize(device);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (s >= o.warmup) times_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    const double loss = out.loss.item<double>();
+    if (s == 0) first_loss = loss;
+    last_loss = loss;
+  }
+  std::vector<double> sorted = times_ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double median_ms = sorted[sorted.size() / 2];
+  const double tokens = static_cast<double>(o.batch_size * o.seq_len);
+  const FlopCount flops = model->flops(o.seq_len);
+  const double tflops = flops.train_per_token * tokens / (median_ms / 1e3) / 1e12;
+  const double peak_gb = peak_memory_gb(device);
+
+  TrainBenchResult r;
+  r.json = {{"impl", "tessera"},
+            {"device", device_description(device)},
+            {"precision", bf16 ? "bf16-autocast" : "fp32"},
+            {"dim", o.dim},
+            {"n_layers", o.n_layers},
+            {"n_heads", o.n_heads},
+            {"vocab_size", o.vocab_size},
+            {"batch_size", o.batch_size},
+            {"seq_len", o.seq_len},
+            {"parameters", model->parameter_count()},
+            {"matmul_params", flops.matmul_params},
+            {"train_flops_per_token", flops.train_per_token},
+            {"step_ms_median", median_ms},
+            {"step_ms_min", sorted.front()},
+            {"step_ms_max", sorted.back()},
+            {"tokens_per_s", tokens / (median_ms / 1e3)},
+            {"tflops", tflops},
+            {"peak_memory_gb", peak_gb},
+            {"timed_steps", o.steps},
+            {"warmup_steps", o.warmup},
+            {"first_loss", first_loss},
+            {"last_loss", last_loss}};
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "dense %s params, B=%ld T=%ld on %s (%s)\n"
+                "  step %.2f ms (median of %ld; min %.2f, max %.2f)\n"
+                "  %s tokens/s, %.1f TFLOP/s, peak memory %.2f GB\n",
+                format_count(static_cast<double>(model->parameter_count())).c_str(), (long)o.batch_size,
+                (long)o.seq_len, device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", median_ms,
+                (long)o.steps, sorted.front(), sorted.back(), format_count(tokens / (median_ms / 1e3)).c_str(), tflops,
+                peak_gb);
+  r.summary = buf;
+  return r;
+}
+
+}  // namespace tessera

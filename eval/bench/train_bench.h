@@ -1,0 +1,34 @@
+// `tessera bench train`: times the trainer's real step (forward, backward, clip, fused AdamW) for a
+// dense model on random tokens, and reports step time, tokens/s, TFLOP/s and peak memory.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace tessera {
+
+struct TrainBenchOptions {
+  int64_t dim = 1024;
+  int64_t n_layers = 12;
+  int64_t n_heads = 16;
+  int64_t n_kv_heads = 0;
+  int64_t vocab_size = 32000;
+  int64_t batch_size = 8;
+  int64_t seq_len = 2048;
+  int64_t warmup = 5;
+  int64_t steps = 20;
+  std::string precision = "auto";
+  std::string device = "auto";
+  bool tie_embeddings = false;
+  uint64_t seed = 0;
+};
+
+struct TrainBenchResult {
+  nlohmann::json json;  // every number, for RESULTS.md and comparisons with the PyTorch reference
+  std::string summary;  // human-readable table
+};
+
+TrainBenchResult bench_train(const TrainBenchOptions& options);
+
+}  // namespace tessera

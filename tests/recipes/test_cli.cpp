@@ -1,0 +1,287 @@
+// End-to-end: recipes through the trainer, checkpoints, resume, and the CLI verbs.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/io/checkpoint.h"
+#include "core/io/safetensors.h"
+#include "core/train/metrics.h"
+#include "recipes/cli/commands.h"
+#include "recipes/cli/recipe.h"
+
+namespace tessera {
+namespace {
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() /
+            ("tessera_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path path_;
+};
+
+// A model small enough that a step takes milliseconds.
+std::string tiny_recipe(const fs::path& run_dir, int steps = 8) {
+  return "name: tiny\nrun_dir: " + run_dir.string() + "\nseed: 11\n" +
+         "model: {arch: dense, dim: 32, n_layers: 2, n_heads: 2, multiple_of: 16, max_seq_len: 128}\n"
+         "data: {path: assets/data/quickstart.txt, seq_len: 32, batch_size: 4, val_fraction: 0.05}\n"
+         "train: {steps: " + std::to_string(steps) + ", lr: 3.0e-3, warmup_steps: 2, eval_every: 4, eval_batches: 2, "
+         "checkpoint_every: 2, keep_checkpoints: 2, log_every: 2, device: cpu}\n"
+         "eval: {batches: 3}\n"
+         "generate: {prompt: \"The \", max_new_tokens: 12, num_samples: 2, seed: 5}\n";
+}
+
+fs::path write_recipe(const TempDir& dir, const std::string& text) {
+  const fs::path p = dir.path() / "recipe.yaml";
+  std::ofstream(p) << text;
+  return p;
+}
+
+TrainResult train_recipe(const fs::path& recipe, const std::vector<std::string>& overrides, bool resume,
+                         std::function<void(int64_t)> after_step = {}) {
+  LoadedRecipe r = load_recipe(recipe.string(), overrides);
+  TrainerSetup setup = make_trainer_setup(r);
+  setup.quiet = true;
+  setup.after_step = std::move(after_step);
+  return train(setup, resume);
+}
+
+int cli(const std::vector<std::string>& args, std::string* out = nullptr, std::string* err = nullptr) {
+  testing::internal::CaptureStdout();
+  testing::internal::CaptureStderr();
+  const int rc = cli::main_dispatch(args);
+  const std::string o = testing::internal::GetCapturedStdout(), e = testing::internal::GetCapturedStderr();
+  if (out) *out = o;
+  if (err) *err = e;
+  return rc;
+}
+
+TEST(Train, WritesCheckpointsMetricsAndResolvedConfig) {
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  const TrainResult r = train_recipe(write_recipe(dir, tiny_recipe(run)), {}, false);
+  EXPECT_EQ(r.final_step, 8);
+  ASSERT_EQ(r.losses.size(), 8u);
+  EXPECT_LT(r.losses.back(), r.losses.front());
+  // keep_checkpoints: 2 -> steps 6 and 8 remain, latest -> 8.
+  io::CheckpointManager m(run / "checkpoints", 2);
+  EXPECT_EQ(m.steps(), (std::vector<int64_t>{6, 8}));
+  ASSERT_TRUE(m.latest().has_value());
+  const io::CheckpointContents c = io::load_checkpoint(*m.latest());
+  EXPECT_EQ(c.state["step"], 8);
+  EXPECT_EQ(c.state["arch"], "dense");
+  EXPECT_EQ(c.state["vocab_layout"]["size"], 260);
+  EXPECT_EQ(c.state["recipe"]["model"]["dim"], 32);
+  EXPECT_TRUE(c.state.contains("rng") && c.state.contains("data_state"));
+  // Weights carry the names a PyTorch user expects.
+  const auto names = io::list_safetensors(*m.latest() / "model.safetensors");
+  EXPECT_NE(std::find(names.begin(), names.end(), "layers.1.attention.wq.weight"), names.end());
+  // Metrics: one record per log step plus evaluations.
+  const auto metrics = read_metrics((run / "metrics.jsonl").string());
+  int train_records = 0, eval_records = 0;
+  for (const auto& rec : metrics) {
+    train_records += rec.contains("loss");
+    eval_records += rec.contains("val_loss");
+  }
+  EXPECT_EQ(train_records, 4);
+  EXPECT_EQ(eval_records, 2);  // step 4 and the final one
+  // The resolved config has every default filled in and parses back.
+  const LoadedRecipe back = load_recipe((run / "config.yaml").string(), {});
+  EXPECT_EQ(back.config.train.grad_accum, 1);
+  EXPECT_EQ(back.config.model["vocab_size"].as<int64_t>(), 260);
+}
+
+TEST(Train, InterruptedAndResumedRunMatchesUninterruptedBitForBit) {
+  TempDir dir;
+  const fs::path recipe = write_recipe(dir, tiny_recipe(dir.path() / "unused", 10));
+  const TrainResult full = train_recipe(recipe, {"run_dir=" + (dir.path() / "full").string()}, false);
+
+  // SIGINT after step 5: the trainer finishes the step, checkpoints and returns.
+  const std::vector<std::string> part = {"run_dir=" + (dir.path() / "part").string()};
+  const TrainResult first = train_recipe(recipe, part, false, [](int64_t step) {
+    if (step == 5) std::raise(SIGINT);
+  });
+  EXPECT_TRUE(first.interrupted);
+  EXPECT_EQ(first.final_step, 5);
+  EXPECT_TRUE(fs::exists(dir.path() / "part" / "checkpoints" / "step_00000005" / "state.json"));
+  const TrainResult second = train_recipe(recipe, part, true);
+  EXPECT_EQ(second.start_step, 5);
+  std::vector<double> joined = first.losses;
+  joined.insert(joined.end(), second.losses.begin(), second.losses.end());
+  ASSERT_EQ(joined.size(), full.losses.size());
+  for (size_t i = 0; i < joined.size(); ++i) EXPECT_EQ(joined[i], full.losses[i]) << "step " << i + 1;
+
+  // The final weights are identical too.
+  const auto a = io::load_safetensors(dir.path() / "full/checkpoints/step_00000010/model.safetensors");
+  const auto b = io::load_safetensors(dir.path() / "part/checkpoints/step_00000010/model.safetensors");
+  for (const auto& [name, t] : a.tensors) EXPECT_TRUE(at::equal(t, b.tensors.at(name))) << name;
+}
+
+TEST(Train, GradientAccumulationMatchesTheLargerBatch) {
+  TempDir dir;
+  const fs::path recipe = write_recipe(dir, tiny_recipe(dir.path() / "x", 3));
+  const TrainResult big = train_recipe(
+      recipe, {"run_dir=" + (dir.path() / "big").string(), "data.batch_size=4", "train.grad_accum=1"}, false);
+  const TrainResult acc = train_recipe(
+      recipe, {"run_dir=" + (dir.path() / "acc").string(), "data.batch_size=2", "train.grad_accum=2"}, false);
+  // Same rows in the same order, split in two micro-batches: the same losses up to float rounding
+  // (the mean over the masked tokens differs slightly when the halves hold different mask counts).
+  for (size_t i = 0; i < big.losses.size(); ++i) EXPECT_NEAR(acc.losses[i], big.losses[i], 2e-2);
+}
+
+class NanObjective : public Objective {
+ public:
+  explicit NanObjective(std::shared_ptr<Objective> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return "nan"; }
+  LossTerms compute(LanguageModel& model, const Batch& batch) override {
+    LossTerms t = inner_->compute(model, batch);
+    if (model.is_training() && ++calls_ == 5) t.total = t.total * std::numeric_limits<float>::quiet_NaN();
+    return t;
+  }
+
+ private:
+  std::shared_ptr<Objective> inner_;
+  int calls_ = 0;
+};
+
+TEST(Train, NonFiniteLossStopsWithStepAndLastGoodCheckpoint) {
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  LoadedRecipe r = load_recipe(write_recipe(dir, tiny_recipe(run)).string(), {});
+  TrainerSetup setup = make_trainer_setup(r);
+  setup.quiet = true;
+  setup.objective = std::make_shared<NanObjective>(setup.objective);
+  try {
+    train(setup, false);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("loss is NaN at step 5"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("step_00000004"), std::string::npos) << msg;
+  }
+  // The checkpoint of step 4 is intact and no later one exists.
+  EXPECT_EQ(io::CheckpointManager(run / "checkpoints", 0).steps(), (std::vector<int64_t>{2, 4}));
+}
+
+TEST(Train, ResumeRefusesAnotherArchitectureOrModel) {
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  const fs::path recipe = write_recipe(dir, tiny_recipe(run, 2));
+  train_recipe(recipe, {}, false);
+  // A different width: the tensors do not fit, and the error names one.
+  try {
+    train_recipe(recipe, {"model.dim=64", "train.steps=4"}, true);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has shape"), std::string::npos) << e.what();
+  }
+  // A checkpoint claiming another architecture.
+  const fs::path state_path = run / "checkpoints" / "step_00000002" / "state.json";
+  nlohmann::json state = nlohmann::json::parse(std::ifstream(state_path));
+  state["arch"] = "blt";
+  std::ofstream(state_path) << state.dump();
+  try {
+    train_recipe(recipe, {"train.steps=4"}, true);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("written by architecture 'blt'"), std::string::npos) << e.what();
+  }
+  // --resume without any checkpoint.
+  EXPECT_THROW(train_recipe(recipe, {"run_dir=" + (dir.path() / "empty").string()}, true), Error);
+}
+
+TEST(Cli, HelpUnknownVerbsAndOptions) {
+  std::string out, err;
+  EXPECT_EQ(cli({"--help"}, &out), 0);
+  for (const char* verb : {"run", "train", "eval", "generate", "info", "bench"})
+    EXPECT_NE(out.find(verb), std::string::npos) << verb;
+  EXPECT_EQ(cli({"train", "--help"}, &out), 0);
+  EXPECT_NE(out.find("--resume"), std::string::npos);
+  EXPECT_EQ(cli({"trian"}, &out, &err), 2);
+  EXPECT_NE(err.find("did you mean 'train'"), std::string::npos) << err;
+  EXPECT_EQ(cli({"eval", "--nope"}, &out, &err), 2);
+  EXPECT_NE(err.find("nope"), std::string::npos) << err;
+  EXPECT_EQ(cli({"train", "r.yaml", "--train.lr=1"}, &out, &err), 2);
+  EXPECT_NE(err.find("overrides take no dashes"), std::string::npos) << err;
+  EXPECT_EQ(cli({"bench", "flops"}, &out, &err), 2);
+  EXPECT_EQ(cli({"info", "--arch", "dense"}, &out), 0);
+  EXPECT_NE(out.find("model.n_kv_heads"), std::string::npos);
+}
+
+TEST(Cli, BadRecipesAreClearErrors) {
+  TempDir dir;
+  std::string out, err;
+  EXPECT_EQ(cli({"train", (dir.path() / "missing.yaml").string()}, &out, &err), 1);
+  EXPECT_NE(err.find("cannot open config file"), std::string::npos) << err;
+  const fs::path recipe = write_recipe(dir, tiny_recipe(dir.path() / "run") + "trian: {}\n");
+  EXPECT_EQ(cli({"train", recipe.string()}, &out, &err), 1);
+  EXPECT_NE(err.find("unknown key 'trian'"), std::string::npos) << err;
+  EXPECT_NE(err.find("did you mean 'train'"), std::string::npos) << err;
+  const fs::path ok = write_recipe(dir, tiny_recipe(dir.path() / "run"));
+  EXPECT_EQ(cli({"train", ok.string(), "model.arch=dence"}, &out, &err), 1);
+  EXPECT_NE(err.find("did you mean 'dense'"), std::string::npos) << err;
+  EXPECT_EQ(cli({"train", ok.string(), "data.path=nowhere.txt"}, &out, &err), 1);
+  EXPECT_NE(err.find("data file 'nowhere.txt' not found"), std::string::npos) << err;
+  EXPECT_EQ(cli({"info", (dir.path() / "nothing").string()}, &out, &err), 1);
+}
+
+TEST(Cli, RunTrainsEvaluatesGeneratesThenSkipsDoneStages) {
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  const fs::path recipe = write_recipe(dir, tiny_recipe(run, 4));
+  std::string out, err;
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("== train"), std::string::npos);
+  EXPECT_NE(out.find("val loss"), std::string::npos);
+  EXPECT_NE(out.find("--- sample 1 ---"), std::string::npos);
+  for (const char* f : {"config.yaml", "metrics.jsonl", "eval.json", "samples.json"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  const nlohmann::json ev = nlohmann::json::parse(std::ifstream(run / "eval.json"));
+  EXPECT_GT(ev["loss"].get<double>(), 0.0);
+  EXPECT_NEAR(ev["bits_per_token"].get<double>(), ev["loss"].get<double>() / std::log(2.0), 1e-9);
+  EXPECT_NEAR(ev["perplexity"].get<double>(), std::exp(ev["loss"].get<double>()), 1e-6);
+
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("== train: done"), std::string::npos) << out;
+  EXPECT_NE(out.find("== eval: done"), std::string::npos);
+  EXPECT_NE(out.find("== generate: done"), std::string::npos);
+
+  // info describes the run; eval and generate work on it directly; same seed, same text.
+  ASSERT_EQ(cli({"info", run.string()}, &out), 0);
+  EXPECT_NE(out.find("architecture dense"), std::string::npos) << out;
+  EXPECT_NE(out.find("step         4"), std::string::npos) << out;
+  ASSERT_EQ(cli({"eval", run.string(), "--batches", "3"}, &out), 0);
+  EXPECT_NE(out.find("val loss"), std::string::npos);
+  std::string g1, g2;
+  ASSERT_EQ(cli({"generate", run.string(), "--seed", "9", "--max-new-tokens", "20", "--num-samples", "1"}, &g1), 0);
+  ASSERT_EQ(cli({"generate", run.string(), "--seed", "9", "--max-new-tokens", "20", "--num-samples", "1"}, &g2), 0);
+  EXPECT_EQ(g1, g2);
+  EXPECT_NE(g1.find("The "), std::string::npos);
+}
+
+TEST(Cli, BenchTrainRunsOnCpu) {
+  std::string out, err;
+  ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
+                 "--seq", "16", "--warmup", "1", "--steps", "2", "--device", "cpu"},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("TFLOP/s"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace tessera
