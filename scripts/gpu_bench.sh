@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# GPU training-step benchmark, Tessera against the PyTorch reference, in one call on one GPU:
+#   1. builds `tessera` against this machine's PyTorch LibTorch (CUDA on; OpenCV/libsndfile/FFmpeg off);
+#   2. measures the bf16 GEMM ceiling (torch.mm 8192^3) for the TFLOP/s context;
+#   3. runs `tessera bench train` and eval/bench/reference/dense.py (eager, eager + fused AdamW,
+#      torch.compile + fused AdamW) on the same shape;
+#   4. writes every JSON result and a markdown table to $OUT (default runs/gpu_bench).
+# SECOND_SHAPE=1 adds dim 2048 / 24 layers / seq 4096 / batch 2. STEPS / WARMUP override the counts.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/runs/gpu_bench}"
+PY="${PYTHON:-python3}"
+STEPS="${STEPS:-30}"
+WARMUP="${WARMUP:-10}"
+BUILD="${TESSERA_GPU_BUILD_DIR:-$ROOT/build-gpu}"
+mkdir -p "$OUT"
+
+TORCH_ROOT="$($PY -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+PREFIX="$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+start=$(date +%s)
+cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTESSERA_WITH_CUDA=ON \
+  -DTESSERA_WITH_OPENCV=OFF -DTESSERA_WITH_SNDFILE=OFF -DTESSERA_WITH_FFMPEG=OFF -DTESSERA_BUILD_TESTS=OFF \
+  -DTESSERA_LIBTORCH="$TORCH_ROOT" -DCMAKE_PREFIX_PATH="$PREFIX" > "$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
+cmake --build "$BUILD" --target tessera -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
+echo "[gpu_bench] built in $(( $(date +%s) - start ))s"
+TESSERA="$BUILD/recipes/tessera"
+[ -x "$TESSERA" ] || TESSERA="$(find "$BUILD" -name tessera -type f -perm -u+x | head -1)"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.csv" || true
+$PY - > "$OUT/gemm.json" <<'EOF'
+import json, torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16); b = torch.randn_like(a)
+for _ in range(5): a @ b
+torch.cuda.synchronize()
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(50): a @ b
+e.record(); torch.cuda.synchronize()
+ms = s.elapsed_time(e) / 50
+print(json.dumps({"gemm_bf16_tflops": 2 * 8192**3 / (ms / 1e3) / 1e12, "device": torch.cuda.get_device_name()}))
+EOF
+cat "$OUT/gemm.json"
+
+run_shape() {  # name dim layers heads vocab batch seq
+  local name=$1 dim=$2 layers=$3 heads=$4 vocab=$5 batch=$6 seq=$7
+  "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
+    --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda --json "$OUT/$name-tessera.json"
+  for mode in eager eager-fused compile; do
+    $PY "$ROOT/eval/bench/reference/dense.py" --mode "$mode" --dim "$dim" --n-layers "$layers" --n-heads "$heads" \
+      --vocab-size "$vocab" --batch-size "$batch" --seq-len "$seq" --steps "$STEPS" --warmup "$WARMUP" \
+      > "$OUT/$name-pytorch-$mode.json" 2> "$OUT/$name-pytorch-$mode.log" || { tail -30 "$OUT/$name-pytorch-$mode.log"; exit 1; }
+    cat "$OUT/$name-pytorch-$mode.json"
+  done
+}
+run_shape s220m 1024 12 16 32000 8 2048
+[ "${SECOND_SHAPE:-0}" = 1 ] && run_shape s1b 2048 24 16 32000 2 4096
+
+$PY - "$OUT" > "$OUT/table.md" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+gemm = json.load(open(os.path.join(out, "gemm.json")))["gemm_bf16_tflops"]
+print(f"bf16 GEMM ceiling (torch.mm 8192^3): {gemm:.0f} TFLOP/s\n")
+print("| shape | implementation | step ms (median) | min–max | tokens/s | TFLOP/s | % of GEMM ceiling | peak GB | vs Tessera |")
+print("|---|---|---|---|---|---|---|---|---|")
+for shape in sorted({os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(out, "*-tessera.json"))}):
+    rows = [json.load(open(os.path.join(out, f"{shape}-{impl}.json")))
+            for impl in ("tessera", "pytorch-eager", "pytorch-eager-fused", "pytorch-compile")
+            if os.path.exists(os.path.join(out, f"{shape}-{impl}.json"))]
+    base = rows[0]["step_ms_median"]
+    for r in rows:
+        desc = f"d{r['dim']} L{r['n_layers']} B{r['batch_size']}×T{r['seq_len']} ({r['parameters']/1e6:.0f}M)"
+        print(f"| {desc} | {r['impl']} | {r['step_ms_median']:.1f} | {r['step_ms_min']:.1f}–{r['step_ms_max']:.1f} | "
+              f"{r['tokens_per_s']:,.0f} | {r['tflops']:.0f} | {100 * r['tflops'] / gemm:.0f}% | "
+              f"{r['peak_memory_gb']:.1f} | {r['step_ms_median'] / base:.3f}× |")
+EOF
+cat "$OUT/table.md"
