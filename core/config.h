@@ -187,6 +187,11 @@ struct is_config<T, std::void_t<decltype(std::declval<T&>().fields(std::declval<
     : std::true_type {};
 
 template <class T>
+struct is_config_list : std::false_type {};
+template <class T>
+struct is_config_list<std::vector<T>> : is_config<T> {};
+
+template <class T>
 void Reader::field(const char* key, T& value, bool is_required) {
   known_.push_back(key);
   const std::optional<YAML::Node> found = take(key, is_required);
@@ -209,7 +214,15 @@ void Reader::convert(const char* key, const YAML::Node& n, std::vector<T>& out) 
   for (size_t i = 0; i < n.size(); ++i) {
     T item{};
     const std::string item_key = std::string(key) + "[" + std::to_string(i) + "]";
-    convert(item_key.c_str(), n[i], item);
+    if constexpr (is_config<T>::value) {
+      // A list of config structs (e.g. a recipe's variants): each item is checked like a section.
+      if (!n[i].IsMap()) type_error(item_key.c_str(), n[i], "a mapping of keys");
+      Reader sub(n[i], join_path(path_, item_key), file_);
+      item.fields(sub);
+      sub.finish();
+    } else {
+      convert(item_key.c_str(), n[i], item);
+    }
     out.push_back(std::move(item));
   }
 }
@@ -220,6 +233,14 @@ void YamlWriter::put(const char* key, const T& value) {
     YamlWriter sub;
     const_cast<T&>(value).fields(sub);
     node[key] = sub.node;
+  } else if constexpr (is_config_list<T>::value) {
+    YAML::Node seq(YAML::NodeType::Sequence);
+    for (const auto& item : value) {
+      YamlWriter sub;
+      const_cast<typename T::value_type&>(item).fields(sub);
+      seq.push_back(sub.node);
+    }
+    node[key] = seq;
   } else if constexpr (std::is_same_v<T, std::vector<std::string>> || std::is_same_v<T, std::vector<int64_t>> ||
                        std::is_same_v<T, std::vector<double>>) {
     YAML::Node seq(YAML::NodeType::Sequence);

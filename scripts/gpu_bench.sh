@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU training-step benchmark, Tessera against the PyTorch reference, in one call on one GPU:
-#   1. builds `tessera` against this machine's PyTorch LibTorch (CUDA on; OpenCV/libsndfile/FFmpeg off);
+#   1. builds `tessera` against this machine's PyTorch LibTorch (scripts/gpu_build.sh);
 #   2. measures the bf16 GEMM ceiling (torch.mm 8192^3) for the TFLOP/s context;
 #   3. runs `tessera bench train` and eval/bench/reference/dense.py (eager, eager + fused AdamW,
 #      torch.compile + fused AdamW) on the same shape;
@@ -15,14 +15,8 @@ WARMUP="${WARMUP:-10}"
 BUILD="${TESSERA_GPU_BUILD_DIR:-$ROOT/build-gpu}"
 mkdir -p "$OUT"
 
-TORCH_ROOT="$($PY -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-PREFIX="$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')"
-GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 start=$(date +%s)
-cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTESSERA_WITH_CUDA=ON \
-  -DTESSERA_WITH_OPENCV=OFF -DTESSERA_WITH_SNDFILE=OFF -DTESSERA_WITH_FFMPEG=OFF -DTESSERA_BUILD_TESTS=OFF \
-  -DTESSERA_LIBTORCH="$TORCH_ROOT" -DCMAKE_PREFIX_PATH="$PREFIX" > "$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
-cmake --build "$BUILD" --target tessera -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
+TESSERA_GPU_BUILD_DIR="$BUILD" "$ROOT/scripts/gpu_build.sh" --target tessera
 echo "[gpu_bench] built in $(( $(date +%s) - start ))s"
 TESSERA="$BUILD/recipes/tessera"
 [ -x "$TESSERA" ] || TESSERA="$(find "$BUILD" -name tessera -type f -perm -u+x | head -1)"

@@ -13,7 +13,8 @@ log() { echo "[setup] $*" >&2; }
 
 # ---- apt ---------------------------------------------------------------------------------------------
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config ccache python3 python3-pip
-              libyaml-cpp-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev)
+              libyaml-cpp-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev
+              libsentencepiece-dev zlib1g-dev fortunes)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/io/files.h"
 #include "core/io/durable.h"
 
 namespace tessera::io {
@@ -68,9 +69,9 @@ void remove_dir_safely(const fs::path& dir) {
   const fs::path doomed = fs::path(dir.string() + detail::tmp_suffix());
   std::error_code ec;
   if (std::rename(dir.c_str(), doomed.c_str()) == 0)
-    fs::remove_all(doomed, ec);
+    remove_tree(doomed, ec);
   else
-    fs::remove_all(dir, ec);
+    remove_tree(dir, ec);
 }
 
 // Puts the complete dir `tmp` at `final_dir`, replacing any existing one.
@@ -84,7 +85,7 @@ void install_dir(const fs::path& tmp, const fs::path& final_dir) {
   // Atomic swap: readers see the old or the new checkpoint, never none.
   if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
     std::error_code ec;
-    fs::remove_all(tmp, ec);  // now holds the old checkpoint
+    remove_tree(tmp, ec);  // now holds the old checkpoint
     return;
   }
 #endif
@@ -92,7 +93,7 @@ void install_dir(const fs::path& tmp, const fs::path& final_dir) {
   detail::rename_or_fail(final_dir, old);
   detail::rename_or_fail(tmp, final_dir);
   std::error_code ec;
-  fs::remove_all(old, ec);
+  remove_tree(old, ec);
 }
 
 // Temporaries left by processes that no longer run (a crash mid-save).
@@ -107,7 +108,7 @@ void remove_stale_temporaries(const fs::path& root) {
     const long pid = detail::tmp_owner_pid(name);
     if (pid < 0 || pid == self || detail::process_alive(pid)) continue;
     std::error_code ignored;
-    fs::remove_all(entry.path(), ignored);
+    remove_tree(entry.path(), ignored);
   }
 }
 
@@ -157,7 +158,7 @@ fs::path CheckpointManager::save(int64_t step, const CheckpointContents& content
     install_dir(tmp, final_dir);
   } catch (...) {
     std::error_code ignored;
-    fs::remove_all(tmp, ignored);
+    remove_tree(tmp, ignored);
     throw;
   }
   detail::fsync_dir(root_);

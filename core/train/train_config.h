@@ -6,7 +6,8 @@
 namespace tessera {
 
 struct TrainConfig {
-  int64_t steps = 1000;
+  int64_t steps = 0;
+  double flops_budget = 0;  // when > 0, steps = budget / (training FLOPs per step), set by the recipe layer
   int64_t grad_accum = 1;
   double lr = 3e-4;
   double min_lr_ratio = 0.1;
@@ -29,7 +30,9 @@ struct TrainConfig {
 
   template <class V>
   void fields(V& v) {
-    v.required("steps", steps, "optimizer steps");
+    v.optional("steps", steps, "optimizer steps (0: derived from flops_budget)");
+    v.optional("flops_budget", flops_budget,
+               "training FLOPs to spend (core/flops convention); when set, steps follow from it");
     v.optional("grad_accum", grad_accum, "micro-batches per optimizer step");
     v.optional("lr", lr, "peak learning rate");
     v.optional("min_lr_ratio", min_lr_ratio, "final learning rate as a fraction of the peak");

@@ -27,7 +27,7 @@ namespace {
 constexpr int kCheckpointVersion = 1;
 
 void validate(const TrainConfig& c) {
-  check(c.steps > 0, "train.steps must be positive, got ", c.steps);
+  check(c.steps > 0, "train.steps must be positive (or set train.flops_budget), got ", c.steps);
   check(c.grad_accum > 0, "train.grad_accum must be positive, got ", c.grad_accum);
   check(c.lr > 0 && std::isfinite(c.lr), "train.lr must be a positive number, got ", c.lr);
   check(c.warmup_steps >= 0, "train.warmup_steps must be >= 0");
@@ -60,6 +60,13 @@ std::string format_loss(double v) {
   return buf;
 }
 
+std::string bpb_text(const EvalResult& ev) {
+  if (ev.bits_per_byte <= 0) return "";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, " bpb %.4f", ev.bits_per_byte);
+  return buf;
+}
+
 }  // namespace
 
 EvalResult evaluate(LanguageModel& model, Objective& objective, DataSource& data, int64_t max_batches,
@@ -84,10 +91,20 @@ EvalResult evaluate(LanguageModel& model, Objective& objective, DataSource& data
   if (was_training) model.train();
   EvalResult r;
   r.tokens = static_cast<int64_t>(count.item<double>());
-  r.loss = sum.item<double>() / std::max<double>(1.0, static_cast<double>(r.tokens));
+  r.sum_nll = sum.item<double>();
+  r.loss = r.sum_nll / std::max<double>(1.0, static_cast<double>(r.tokens));
   r.perplexity = std::exp(r.loss);
   r.bits_per_token = r.loss / std::log(2.0);
   return r;
+}
+
+void add_bits_per_byte(EvalResult& r, const SplitSize& split) {
+  check(split.bytes > 0 && split.targets > 0, "bits per byte needs the split's byte and target counts");
+  r.bits_per_byte_exact = r.tokens == split.targets;
+  const double nll = r.bits_per_byte_exact
+                         ? r.sum_nll
+                         : r.loss * static_cast<double>(split.targets);  // per-token mean x all targets
+  r.bits_per_byte = nll / (std::log(2.0) * static_cast<double>(split.bytes));
 }
 
 StepOutput train_step(LanguageModel& model, Objective& objective,
@@ -174,6 +191,7 @@ TrainResult train(TrainerSetup setup, bool resume) {
         {"optimizer", {{"type", "adamw"}, {"beta1", cfg.beta1}, {"beta2", cfg.beta2}, {"eps", cfg.eps},
                        {"weight_decay", cfg.weight_decay}}},
     };
+    state.update(setup.extra_state);
     state.update(extra);
     contents.state = std::move(state);
     last_good = checkpoints.save(step, contents);
@@ -190,10 +208,31 @@ TrainResult train(TrainerSetup setup, bool resume) {
                 format_count(static_cast<double>(model.parameter_count())).c_str(),
                 device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", (long)step, (long)cfg.steps);
 
+  // Training FLOPs so far (core/flops convention), logged so that runs compare at equal compute.
+  const double flops_per_token = setup.seq_len > 0 ? model.flops(setup.seq_len).train_per_token : 0.0;
+  auto run_eval = [&] {
+    EvalResult ev = evaluate(model, *setup.objective, *setup.val_data, cfg.eval_batches, device, bf16);
+    nlohmann::json record = {{"step", step}, {"val_loss", ev.loss}, {"val_ppl", ev.perplexity},
+                             {"val_bits_per_token", ev.bits_per_token}, {"tokens", tokens_seen},
+                             {"train_flops", flops_per_token * static_cast<double>(tokens_seen)}};
+    if (setup.val_size.bytes > 0) {
+      add_bits_per_byte(ev, setup.val_size);
+      record["val_bpb"] = ev.bits_per_byte;
+    }
+    metrics.write(record);
+    return ev;
+  };
+
   auto window_start = std::chrono::steady_clock::now();
   const auto run_start = window_start;
   int64_t window_tokens = 0;
   double last_loss = 0;
+  // The untrained model's validation loss anchors every curve (a fresh start only: a resumed run has it).
+  if (setup.val_data && cfg.eval_every > 0 && step == 0) {
+    const EvalResult ev = run_eval();
+    if (!setup.quiet && !bar.enabled())
+      std::printf("eval step 0: val loss %.4f ppl %.3f%s\n", ev.loss, ev.perplexity, bpb_text(ev).c_str());
+  }
   while (step < cfg.steps) {
     const double lr = learning_rate(schedule, step);
     const StepOutput out = train_step(
@@ -228,6 +267,7 @@ TrainResult train(TrainerSetup setup, bool resume) {
                      {"lr", lr},
                      {"grad_norm", grad_norm.item<double>()},
                      {"tokens", tokens_seen},
+                     {"train_flops", flops_per_token * static_cast<double>(tokens_seen)},
                      {"tokens_per_s", tps},
                      {"elapsed_s", std::chrono::duration<double>(now - run_start).count()}});
       char lr_text[32];
@@ -242,12 +282,10 @@ TrainResult train(TrainerSetup setup, bool resume) {
     }
 
     if (setup.val_data && cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < cfg.steps) {
-      const EvalResult ev = evaluate(model, *setup.objective, *setup.val_data, cfg.eval_batches, device, bf16);
+      const EvalResult ev = run_eval();
       result.last_eval = ev;
-      metrics.write({{"step", step}, {"val_loss", ev.loss}, {"val_ppl", ev.perplexity},
-                     {"val_bits_per_token", ev.bits_per_token}});
       if (!setup.quiet && !bar.enabled())
-        std::printf("eval step %ld: val loss %.4f ppl %.3f\n", (long)step, ev.loss, ev.perplexity);
+        std::printf("eval step %ld: val loss %.4f ppl %.3f%s\n", (long)step, ev.loss, ev.perplexity, bpb_text(ev).c_str());
     }
     if (setup.after_step) setup.after_step(step);
     if (stop.requested()) {
@@ -267,12 +305,12 @@ TrainResult train(TrainerSetup setup, bool resume) {
 
   nlohmann::json extra = {{"loss", last_loss}};
   if (setup.val_data) {
-    const EvalResult ev = evaluate(model, *setup.objective, *setup.val_data, cfg.eval_batches, device, bf16);
+    const EvalResult ev = run_eval();
     result.last_eval = ev;
-    metrics.write({{"step", step}, {"val_loss", ev.loss}, {"val_ppl", ev.perplexity},
-                   {"val_bits_per_token", ev.bits_per_token}});
     extra["val_loss"] = ev.loss;
-    if (!setup.quiet) std::printf("eval step %ld: val loss %.4f ppl %.3f\n", (long)step, ev.loss, ev.perplexity);
+    if (ev.bits_per_byte > 0) extra["val_bpb"] = ev.bits_per_byte;
+    if (!setup.quiet)
+      std::printf("eval step %ld: val loss %.4f ppl %.3f%s\n", (long)step, ev.loss, ev.perplexity, bpb_text(ev).c_str());
   }
   save(extra);
   result.final_step = step;

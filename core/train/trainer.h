@@ -17,14 +17,24 @@
 
 namespace tessera {
 
+// A validation split's size for bits-per-byte: the tokens that are targets and the UTF-8 bytes of the
+// text they encode. Bits per byte put byte-level and BPE models on one scale.
+struct SplitSize {
+  int64_t targets = 0;
+  int64_t bytes = 0;
+};
+
 struct TrainerSetup {
   std::shared_ptr<LanguageModel> model;
   std::shared_ptr<Objective> objective;
   std::shared_ptr<DataSource> train_data;
   std::shared_ptr<DataSource> val_data;  // optional
+  SplitSize val_size;                    // for val_bpb in metrics (bytes 0: not reported)
+  int64_t seq_len = 0;                   // tokens per row, for the FLOPs logged in metrics (0: not logged)
   TrainConfig config;
   std::filesystem::path run_dir;
   nlohmann::json recipe;  // the resolved recipe, saved in every checkpoint's state.json
+  nlohmann::json extra_state = nlohmann::json::object();  // more keys for state.json (e.g. the adapters)
   uint64_t seed = 0;
   bool quiet = false;  // no progress lines (tests)
   // Called after each completed step; lets tests interrupt a run at a chosen step.
@@ -35,8 +45,16 @@ struct EvalResult {
   double loss = 0;        // mean NLL per counted token (nats)
   double perplexity = 0;  // exp(loss)
   double bits_per_token = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0;     // counted (target) tokens
+  double sum_nll = 0;     // summed NLL over them (nats)
+  double bits_per_byte = 0;   // 0 until add_bits_per_byte()
+  bool bits_per_byte_exact = false;
 };
+
+// bits per byte = summed NLL / (ln 2 × UTF-8 bytes). Exact when the evaluation covered every target of
+// the split (r.tokens == split.targets); otherwise the mean per-token loss is scaled by the split's
+// targets per byte, an unbiased estimate for a random subset of rows.
+void add_bits_per_byte(EvalResult& r, const SplitSize& split);
 
 struct TrainResult {
   int64_t start_step = 0;

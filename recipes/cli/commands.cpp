@@ -2,6 +2,8 @@
 
 #include <cxxopts.hpp>
 
+#include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,11 +12,14 @@
 #include "architectures/registry.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/io/files.h"
 #include "core/io/checkpoint.h"
+#include "core/plot.h"
 #include "core/progress.h"
 #include "core/sampling.h"
 #include "core/train/runtime.h"
 #include "core/train/trainer.h"
+#include "eval/bench/data_bench.h"
 #include "eval/bench/train_bench.h"
 #include "recipes/cli/recipe.h"
 
@@ -36,9 +41,10 @@ struct Verb {
 
 const std::vector<Verb>& verbs() {
   static const std::vector<Verb> table = {
-      {"run", "all stages of a recipe (train -> eval -> generate), each skipped when its outputs exist", run_command},
+      {"run", "all stages of a recipe (prepare -> train -> eval -> generate), each skipped when done", run_command},
       {"train", "train a model from a recipe (--resume continues from the last checkpoint)", train_command},
-      {"eval", "validation loss, perplexity and bits per token of a checkpoint", eval_command},
+      {"prepare", "prepare a recipe's dataset: corpus -> adapter -> memory-mapped shards + index.json", prepare_command},
+      {"eval", "validation loss, perplexity and bits per byte of a checkpoint (`tessera eval bpb PATH`)", eval_command},
       {"generate", "sample text from a checkpoint with a KV cache", generate_command},
       {"info", "describe a checkpoint, run directory or recipe; --arch NAME lists an architecture's keys",
        info_command},
@@ -130,14 +136,30 @@ nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const 
   const c10::Device device = select_device(device_name);
   const bool bf16 = use_bf16(ckpt.recipe.train.precision, device);
   ckpt.model->to(device);
-  DataBundle data = make_data(ckpt.recipe.data, "", static_cast<uint64_t>(ckpt.recipe.seed));
-  require_same_layout(ckpt.layout, data.layout, "data '" + ckpt.recipe.data.path + "'");
-  check(data.val != nullptr, "the recipe has no validation split (data.val_fraction is 0); nothing to evaluate");
+  const fs::path dir = dataset_dir(ckpt.recipe);
+  DataConfig data_config = ckpt.recipe.data;
+  data_config.prefetch = 0;
+  DataBundle data = make_data(data_config, dir, static_cast<uint64_t>(ckpt.recipe.seed));
+  require_same_layout(ckpt.layout, data.layout, "dataset " + dir.string());
+  check(data.val != nullptr, "dataset ", dir.string(), " has no validation documents (prepare.val_fraction is 0); "
+        "nothing to evaluate");
   auto objective = make_objective(ckpt.recipe.objective);
   const int64_t batches = batches_override >= 0 ? batches_override : ckpt.recipe.eval.batches;
-  const EvalResult r = evaluate(*ckpt.model, *objective, *data.val, batches, device, bf16);
-  return {{"checkpoint", ckpt.dir.string()}, {"step", ckpt.state.at("step")}, {"loss", r.loss},
-          {"perplexity", r.perplexity}, {"bits_per_token", r.bits_per_token}, {"tokens", r.tokens}};
+  EvalResult r = evaluate(*ckpt.model, *objective, *data.val, batches, device, bf16);
+  add_bits_per_byte(r, data.val_size);
+  return {{"checkpoint", ckpt.dir.string()},   {"step", ckpt.state.at("step")},
+          {"dataset", dir.string()},           {"loss", r.loss},
+          {"perplexity", r.perplexity},        {"bits_per_token", r.bits_per_token},
+          {"bits_per_byte", r.bits_per_byte},  {"bits_per_byte_exact", r.bits_per_byte_exact},
+          {"tokens", r.tokens},                {"bytes", data.val_size.bytes},
+          {"sum_nll", r.sum_nll},              {"split_targets", data.val_size.targets}};
+}
+
+void print_eval(const nlohmann::json& ev) {
+  std::printf("val loss %.4f, perplexity %.3f, %.4f bits/token, %.4f bits/byte%s over %s tokens (%s bytes)\n",
+              ev.at("loss").get<double>(), ev.at("perplexity").get<double>(), ev.at("bits_per_token").get<double>(),
+              ev.at("bits_per_byte").get<double>(), ev.value("bits_per_byte_exact", false) ? "" : " (estimated)",
+              format_count(ev.at("tokens").get<double>()).c_str(), format_count(ev.value("bytes", 0.0)).c_str());
 }
 
 nlohmann::json generate_stage(const fs::path& path, const GenerateConfig& g, const std::string& device_name) {
@@ -145,8 +167,10 @@ nlohmann::json generate_stage(const fs::path& path, const GenerateConfig& g, con
   const c10::Device device = select_device(device_name);
   const bool bf16 = use_bf16(ckpt.recipe.train.precision, device);
   ckpt.model->to(device);
+  const Adapter& adapter = *ckpt.adapter;
+  const int64_t offset = ckpt.layout.modality(adapter.name()).offset;
   std::vector<int64_t> prompt{ckpt.layout.special_id("<bos>")};
-  for (int64_t id : encode_bytes(g.prompt, ckpt.layout)) prompt.push_back(id);
+  for (int64_t id : adapter.encode(Segment::of_text(g.prompt)).ids) prompt.push_back(id + offset);
   const int64_t room = ckpt.model->max_seq_len() - static_cast<int64_t>(prompt.size());
   check(room > 0, "prompt of ", prompt.size(), " tokens leaves no room in max_seq_len ", ckpt.model->max_seq_len());
   const int64_t max_new = std::min(g.max_new_tokens, room);
@@ -155,7 +179,13 @@ nlohmann::json generate_stage(const fs::path& path, const GenerateConfig& g, con
     SamplingConfig s = g.sampling;
     s.seed = g.sampling.seed + i;
     const auto ids = generate(*ckpt.model, prompt, max_new, s, device, bf16, ckpt.layout.special_id("<eos>"));
-    samples.push_back(g.prompt + decode_bytes(ids, ckpt.layout));
+    // Decode prompt and continuation together: BPE pieces carry their leading spaces.
+    Span span;
+    span.modality = adapter.modality();
+    for (const auto& seq : {std::vector<int64_t>(prompt.begin() + 1, prompt.end()), ids})
+      for (int64_t id : seq)
+        if (id >= offset && id < offset + adapter.vocab_size()) span.ids.push_back(id - offset);
+    samples.push_back(adapter.decode(span).text);
   }
   return {{"checkpoint", ckpt.dir.string()},
           {"step", ckpt.state.at("step")},
@@ -188,83 +218,255 @@ int train_command(const Args& args) {
   return 0;
 }
 
-int run_command(const Args& args) {
-  cxxopts::Options o("tessera run",
-                     "Run every stage of a recipe: train, evaluate, generate. A stage whose outputs exist is "
-                     "skipped; an interrupted training resumes.\n");
-  add_recipe_options(o);
-  o.add_options()("force", "delete the run directory and start over");
-  cxxopts::ParseResult r;
-  if (!parse(o, args, r)) return 0;
-  const LoadedRecipe recipe = recipe_from(r, o);
-  const RecipeConfig& c = recipe.config;
-  if (r.count("force") && fs::exists(recipe.run_dir)) fs::remove_all(recipe.run_dir);
+namespace {
 
+// Every stage of one (non-comparison) recipe; returns what the summary of a comparison needs.
+nlohmann::json run_stages(const LoadedRecipe& recipe, bool& interrupted) {
+  const RecipeConfig& c = recipe.config;
   std::printf("== recipe %s -> %s\n", c.name.c_str(), recipe.run_dir.string().c_str());
+  // Stage 0: prepare the dataset (a no-op when it is up to date).
+  std::printf("== prepare\n");
+  const PrepareResult prepared = prepare_recipe_data(recipe);
+
   // Stage 1: train (or resume, or skip when the final checkpoint exists).
+  const int64_t steps = planned_steps(recipe);
   std::optional<fs::path> latest;
   if (fs::exists(recipe.run_dir / "checkpoints")) latest = io::CheckpointManager(recipe.run_dir / "checkpoints", 0).latest();
   int64_t done_steps = 0;
   if (latest) done_steps = io::load_checkpoint(*latest).state.at("step").get<int64_t>();
-  if (latest && done_steps >= c.train.steps) {
+  if (latest && done_steps >= steps) {
     std::printf("== train: done (checkpoint %s at step %ld)\n", latest->string().c_str(), (long)done_steps);
   } else {
     std::printf("== train%s\n", latest ? " (resuming)" : "");
     const TrainResult result = train_stage(recipe, latest.has_value());
-    if (result.interrupted) return 0;
+    if (result.interrupted) {
+      interrupted = true;
+      return {};
+    }
   }
   const fs::path ckpt = io::resolve_checkpoint(recipe.run_dir);
-  const int64_t step = io::load_checkpoint(ckpt).state.at("step").get<int64_t>();
+  const nlohmann::json state = io::load_checkpoint(ckpt).state;
+  const int64_t step = state.at("step").get<int64_t>();
 
-  // Stage 2: evaluate.
+  // Stage 2: evaluate on the whole validation split (exact bits per byte).
   const fs::path eval_path = recipe.run_dir / "eval.json";
-  auto previous_eval = read_json_if_exists(eval_path);
-  if (previous_eval && previous_eval->value("step", int64_t{-1}) == step) {
+  auto ev = read_json_if_exists(eval_path);
+  if (ev && ev->value("step", int64_t{-1}) == step && ev->contains("bits_per_byte")) {
     std::printf("== eval: done (%s)\n", eval_path.string().c_str());
   } else {
     std::printf("== eval\n");
-    const nlohmann::json ev = eval_stage(ckpt, -1, c.train.device);
-    write_text(eval_path, json_text(ev));
-    previous_eval = ev;
+    ev = eval_stage(ckpt, -1, c.train.device);
+    write_text(eval_path, json_text(*ev));
   }
-  std::printf("val loss %.4f, perplexity %.3f, %.4f bits/token over %s tokens\n",
-              previous_eval->at("loss").get<double>(), previous_eval->at("perplexity").get<double>(),
-              previous_eval->at("bits_per_token").get<double>(),
-              format_count(previous_eval->at("tokens").get<double>()).c_str());
+  print_eval(*ev);
 
   // Stage 3: generate.
   const fs::path samples_path = recipe.run_dir / "samples.json";
-  auto previous_samples = read_json_if_exists(samples_path);
-  if (previous_samples && previous_samples->value("step", int64_t{-1}) == step) {
+  auto samples = read_json_if_exists(samples_path);
+  if (samples && samples->value("step", int64_t{-1}) == step) {
     std::printf("== generate: done (%s)\n", samples_path.string().c_str());
   } else {
     std::printf("== generate\n");
-    previous_samples = generate_stage(ckpt, c.generate, c.train.device);
-    write_text(samples_path, json_text(*previous_samples));
+    samples = generate_stage(ckpt, c.generate, c.train.device);
+    write_text(samples_path, json_text(*samples));
   }
-  print_samples(*previous_samples);
+  print_samples(*samples);
   std::printf("== outputs in %s: config.yaml, metrics.jsonl, checkpoints/, eval.json, samples.json\n",
               recipe.run_dir.string().c_str());
+
+  const SplitInfo& train_split = prepared.index.splits.at("train");
+  const double flops_per_token = state.value("train_flops_per_token", 0.0);
+  return {{"name", c.name},
+          {"run_dir", recipe.run_dir.string()},
+          {"adapter", prepared.index.adapters.at(0).value("type", std::string("?"))},
+          {"vocab_size", prepared.index.layout.size()},
+          {"parameters", state.value("parameters", int64_t{0})},
+          {"steps", step},
+          {"tokens", state.value("tokens_seen", int64_t{0})},
+          {"train_flops", flops_per_token * state.value("tokens_seen", 0.0)},
+          {"train_bytes_per_token", static_cast<double>(train_split.bytes) /
+                                        static_cast<double>(std::max<int64_t>(1, train_split.tokens - train_split.docs))},
+          {"train_targets_per_byte", static_cast<double>(train_split.tokens - train_split.docs) /
+                                         static_cast<double>(std::max<int64_t>(1, train_split.bytes))},
+          {"eval", *ev},
+          {"sample", samples->at("samples").empty() ? std::string() : samples->at("samples")[0].get<std::string>()}};
+}
+
+// The variants a command acts on: --variant NAME, else all of the recipe's (none for a plain recipe).
+std::vector<std::string> selected_variants(const LoadedRecipe& recipe, const cxxopts::ParseResult& r) {
+  if (r.count("variant")) return {r["variant"].as<std::string>()};
+  std::vector<std::string> names;
+  for (const auto& v : recipe.config.variants) names.push_back(v.name);
+  return names;
+}
+
+// Deletes everything under `dir` except `keep` (and the folders leading to it).
+void remove_all_except(const fs::path& dir, const fs::path& keep) {
+  if (!fs::exists(dir)) return;
+  const fs::path k = fs::absolute(keep).lexically_normal();
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const fs::path p = fs::absolute(entry.path()).lexically_normal();
+    if (p == k) continue;
+    const std::string rel = k.lexically_relative(p).string();
+    if (entry.is_directory() && !rel.empty() && rel != "." && rel.rfind("..", 0) != 0) remove_all_except(p, k);
+    else remove_tree(p);
+  }
+}
+
+std::vector<nlohmann::json> read_metrics(const fs::path& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      out.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception&) {
+      // A line cut short by an interrupted write is skipped.
+    }
+  }
+  return out;
+}
+
+// The comparison's outputs: a table on stdout and in summary.md, summary.json, and bpb-vs-FLOPs curves.
+void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& arms) {
+  fs::create_directories(dir);
+  std::string table =
+      "| variant | adapter | vocab | parameters | steps | tokens | train FLOPs | bytes/token | val bpb | val ppl/token |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n";
+  PlotSpec plot;
+  plot.title = "validation bits per byte vs training FLOPs";
+  plot.x_label = "training FLOPs";
+  plot.y_label = "bits per byte";
+  plot.log_x = true;
+  for (const auto& a : arms) {
+    char row[512];
+    const std::string label = a.value("variant", a.at("name").get<std::string>());
+    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.2f | %.4f | %.3f |\n", label.c_str(), a.at("adapter").get<std::string>().c_str(),
+                  (long)a.at("vocab_size").get<int64_t>(),
+                  format_count(a.at("parameters").get<double>()).c_str(), (long)a.at("steps").get<int64_t>(),
+                  format_count(a.at("tokens").get<double>()).c_str(), a.at("train_flops").get<double>(),
+                  a.at("train_bytes_per_token").get<double>(), a.at("eval").at("bits_per_byte").get<double>(),
+                  a.at("eval").at("perplexity").get<double>());
+    table += row;
+    PlotSeries val, train;
+    val.name = label + " (validation)";
+    val.style = "line+points";
+    train.name = label + " (training, smoothed)";
+    train.style = "dashed";
+    const double train_scale = a.at("train_targets_per_byte").get<double>() / std::log(2.0);
+    double ema = -1;
+    for (const auto& m : read_metrics(fs::path(a.at("run_dir").get<std::string>()) / "metrics.jsonl")) {
+      if (!m.contains("train_flops") || m.at("train_flops").get<double>() <= 0) continue;
+      if (m.contains("val_bpb")) {
+        val.x.push_back(m.at("train_flops").get<double>());
+        val.y.push_back(m.at("val_bpb").get<double>());
+      } else if (m.contains("loss") && m.at("loss").is_number()) {
+        const double bpb = m.at("loss").get<double>() * train_scale;
+        ema = ema < 0 ? bpb : 0.7 * ema + 0.3 * bpb;
+        train.x.push_back(m.at("train_flops").get<double>());
+        train.y.push_back(ema);
+      }
+    }
+    // Same colour for a variant's two curves.
+    val.auto_color = train.auto_color = false;
+    val.color = train.color = plot_color(plot.series.size() / 2);
+    plot.series.push_back(val);
+    plot.series.push_back(train);
+  }
+  std::printf("\n%s\n", table.c_str());
+  for (const auto& a : arms)
+    std::printf("--- %s ---\n%s\n", a.value("variant", a.at("name").get<std::string>()).c_str(),
+                a.at("sample").get<std::string>().c_str());
+  write_text(dir / "summary.md", table);
+  write_text(dir / "summary.json", json_text(arms));
+  write_plot_png(dir / "bpb_vs_flops.png", plot);
+  std::printf("\n== summary in %s: summary.md, summary.json, bpb_vs_flops.png\n", dir.string().c_str());
+}
+
+}  // namespace
+
+int run_command(const Args& args) {
+  cxxopts::Options o("tessera run",
+                     "Run every stage of a recipe: prepare, train, evaluate, generate. A stage whose outputs exist "
+                     "is skipped; an interrupted training resumes. A recipe with variants runs each, then writes "
+                     "a comparison table and plot.\n");
+  add_recipe_options(o);
+  o.add_options()("force", "delete the run directory and start over (the prepared dataset is kept)")(
+      "variant", "run only this variant of a comparison recipe", cxxopts::value<std::string>());
+  cxxopts::ParseResult r;
+  if (!parse(o, args, r)) return 0;
+  const LoadedRecipe base = recipe_from(r, o);
+  const std::vector<std::string> names = selected_variants(base, r);
+  auto reset = [&](const LoadedRecipe& recipe) {
+    // --force starts the run over but keeps a prepared dataset stored inside the run directory.
+    if (r.count("force")) remove_all_except(recipe.run_dir, dataset_dir(recipe));
+  };
+  bool interrupted = false;
+  if (names.empty()) {
+    reset(base);
+    run_stages(base, interrupted);
+    return 0;
+  }
+  std::vector<nlohmann::json> arms;
+  for (const auto& name : names) {
+    const LoadedRecipe recipe = load_recipe(base.file, overrides_of(r), name);
+    reset(recipe);
+    arms.push_back(run_stages(recipe, interrupted));
+    if (interrupted) return 0;
+    arms.back()["variant"] = name;
+  }
+  write_comparison(base.run_dir, arms);
   return 0;
 }
 
 int eval_command(const Args& args) {
-  cxxopts::Options o("tessera eval", "Evaluate a checkpoint on its recipe's validation split.\n");
+  cxxopts::Options o("tessera eval",
+                     "Evaluate a checkpoint on its dataset's validation split: loss, per-token perplexity and "
+                     "bits per byte (summed NLL / (ln 2 x UTF-8 bytes), comparable across byte and BPE models).\n"
+                     "usage: tessera eval [bpb|ppl] PATH [options]\n");
   o.add_options()("path", "checkpoint dir, run dir or checkpoints/ dir", cxxopts::value<std::string>())(
-      "batches", "validation batches (default: the recipe's eval.batches; 0 = whole split)",
+      "batches", "validation batches (default: the recipe's eval.batches; 0 = whole split, exact bpb)",
       cxxopts::value<int64_t>()->default_value("-1"))("device", "auto, cpu or cuda",
                                                        cxxopts::value<std::string>()->default_value("auto"))(
       "json", "also write the result to this file", cxxopts::value<std::string>())("h,help", "show this help");
   o.parse_positional({"path"});
-  o.positional_help("PATH");
+  o.positional_help("[bpb|ppl] PATH");
+  // `bpb` and `ppl` name the metric to headline; both are always computed.
+  Args rest = args;
+  std::string metric = "all";
+  if (!rest.empty() && (rest[0] == "bpb" || rest[0] == "ppl" || rest[0] == "perplexity")) {
+    metric = rest[0];
+    rest.erase(rest.begin());
+  }
+  cxxopts::ParseResult r;
+  if (!parse(o, rest, r)) return 0;
+  const nlohmann::json ev = eval_stage(positional(r, "path", o), r["batches"].as<int64_t>(), r["device"].as<std::string>());
+  std::printf("checkpoint %s (step %ld), dataset %s\n", ev.at("checkpoint").get<std::string>().c_str(),
+              (long)ev.at("step").get<int64_t>(), ev.at("dataset").get<std::string>().c_str());
+  if (metric == "bpb") std::printf("bits per byte %.4f\n", ev.at("bits_per_byte").get<double>());
+  else if (metric != "all") std::printf("perplexity %.3f\n", ev.at("perplexity").get<double>());
+  print_eval(ev);
+  if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(ev));
+  return 0;
+}
+
+int prepare_command(const Args& args) {
+  cxxopts::Options o("tessera prepare",
+                     "Prepare a recipe's dataset: read data.prepare.corpus, encode it with the adapter (bytes or "
+                     "SentencePiece BPE, trained here when no model is given) into memory-mapped shards plus "
+                     "index.json in data.dataset. Re-running with the same inputs and settings does nothing.\n");
+  add_recipe_options(o);
+  o.add_options()("force", "rebuild even if the dataset exists (also when it was made from other inputs)")(
+      "variant", "prepare only this variant's dataset (default: all variants)", cxxopts::value<std::string>());
   cxxopts::ParseResult r;
   if (!parse(o, args, r)) return 0;
-  const nlohmann::json ev = eval_stage(positional(r, "path", o), r["batches"].as<int64_t>(), r["device"].as<std::string>());
-  std::printf("checkpoint %s (step %ld)\nval loss %.4f  perplexity %.3f  %.4f bits/token  (%ld tokens)\n",
-              ev.at("checkpoint").get<std::string>().c_str(), (long)ev.at("step").get<int64_t>(),
-              ev.at("loss").get<double>(), ev.at("perplexity").get<double>(), ev.at("bits_per_token").get<double>(),
-              (long)ev.at("tokens").get<int64_t>());
-  if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(ev));
+  const LoadedRecipe base = recipe_from(r, o);
+  const std::vector<std::string> names = selected_variants(base, r);
+  if (names.empty()) {
+    prepare_recipe_data(base, r.count("force") > 0);
+    return 0;
+  }
+  for (const auto& name : names) prepare_recipe_data(load_recipe(base.file, overrides_of(r), name), r.count("force") > 0);
   return 0;
 }
 
@@ -324,8 +526,8 @@ int info_command(const Args& args) {
   const fs::path path = r["path"].as<std::string>();
   if (fs::is_regular_file(path) && (path.extension() == ".yaml" || path.extension() == ".yml")) {
     const LoadedRecipe recipe = load_recipe(path.string(), {});
-    const DataBundle data = make_data(recipe.config.data, recipe.file, 0);
-    const auto model = make_model(recipe.config, recipe.file, data.layout);
+    const PrepareResult data = prepare_recipe_data(recipe, false, true);
+    const auto model = make_model(recipe.config, recipe.file, data.index.layout);
     std::printf("recipe %s: arch %s, %s parameters, run dir %s\n", recipe.file.c_str(), model->arch().c_str(),
                 format_count(static_cast<double>(model->parameter_count())).c_str(), recipe.run_dir.string().c_str());
     std::printf("%s", config::dump_yaml(resolved_yaml(recipe.config, *model)).c_str());
@@ -361,13 +563,48 @@ int info_command(const Args& args) {
   return 0;
 }
 
+int bench_data_command(const Args& args) {
+  cxxopts::Options o("tessera bench data",
+                     "Loader throughput: memory-mapped shards -> packed, shuffled rows -> batches, with the "
+                     "prefetch worker. Without --dataset, a synthetic dataset is written to a temporary folder.\n");
+  DataBenchOptions b;
+  o.add_options()("dataset", "a prepared dataset folder (default: synthetic)", cxxopts::value<std::string>())(
+      "split", "split to read", cxxopts::value<std::string>()->default_value(b.split))(
+      "batch", "rows per batch", cxxopts::value<int64_t>()->default_value(std::to_string(b.batch_size)))(
+      "seq", "tokens per row", cxxopts::value<int64_t>()->default_value(std::to_string(b.seq_len)))(
+      "prefetch", "batches prepared ahead (0: none)", cxxopts::value<int>()->default_value(std::to_string(b.prefetch)))(
+      "seconds", "time this long", cxxopts::value<double>()->default_value("5"))(
+      "batches", "time exactly this many batches instead", cxxopts::value<int64_t>()->default_value("0"))(
+      "verify", "CRC-32 every shard when opening (timed apart)")(
+      "synthetic-mtokens", "size of the synthetic dataset in millions of tokens",
+      cxxopts::value<double>()->default_value("20"))("json", "write the result as JSON here",
+                                                     cxxopts::value<std::string>())("h,help", "show this help");
+  cxxopts::ParseResult r;
+  if (!parse(o, args, r)) return 0;
+  if (r.count("dataset")) b.dataset = r["dataset"].as<std::string>();
+  b.split = r["split"].as<std::string>();
+  b.batch_size = r["batch"].as<int64_t>();
+  b.seq_len = r["seq"].as<int64_t>();
+  b.prefetch = r["prefetch"].as<int>();
+  b.seconds = r["seconds"].as<double>();
+  b.batches = r["batches"].as<int64_t>();
+  b.verify = r.count("verify") > 0;
+  b.synthetic_mtokens = r["synthetic-mtokens"].as<double>();
+  const DataBenchResult result = bench_data(b);
+  std::printf("%s", result.summary.c_str());
+  if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(result.json));
+  return 0;
+}
+
 int bench_command(const Args& args) {
-  const std::string usage = "usage: tessera bench train [options]   (tessera bench train --help)";
+  const std::string usage = "usage: tessera bench {train|data} [options]   (tessera bench train --help)";
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::printf("%s\n  train   time the training step of a dense model (step ms, tokens/s, TFLOP/s, peak memory)\n",
+    std::printf("%s\n  train   time the training step of a dense model (step ms, tokens/s, TFLOP/s, peak memory)\n"
+                "  data    loader throughput over a prepared dataset (rows/s, tokens/s, MB/s)\n",
                 usage.c_str());
     return args.empty() ? 2 : 0;
   }
+  if (args[0] == "data") return bench_data_command(Args(args.begin() + 1, args.end()));
   if (args[0] != "train") throw UsageError(str("unknown benchmark '", args[0], "'; ", usage));
   cxxopts::Options o("tessera bench train",
                      "Time the dense model's training step (forward, backward, clip, fused AdamW) on random "

@@ -11,6 +11,7 @@ using Args = std::vector<std::string>;
 
 int run_command(const Args& args);
 int train_command(const Args& args);
+int prepare_command(const Args& args);
 int eval_command(const Args& args);
 int generate_command(const Args& args);
 int info_command(const Args& args);

@@ -5,6 +5,9 @@
 #include <fstream>
 
 #include "architectures/registry.h"
+#include "core/data/packer.h"
+#include "core/data/shard.h"
+#include "modalities/registry.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/io/checkpoint.h"
@@ -15,33 +18,117 @@
 namespace tessera {
 namespace fs = std::filesystem;
 
-LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>& overrides) {
+namespace {
+
+// Deep merge for variants: mappings merge key by key, anything else replaces.
+void merge_into(YAML::Node base, const YAML::Node& over) {
+  for (const auto& kv : over) {
+    const std::string key = kv.first.as<std::string>();
+    if (kv.second.IsMap() && base[key] && base[key].IsMap()) {
+      merge_into(base[key], kv.second);
+    } else {
+      base[key] = YAML::Clone(kv.second);
+    }
+  }
+}
+
+fs::path absolute_of(const fs::path& p) { return p.is_absolute() ? p : fs::absolute(p).lexically_normal(); }
+
+}  // namespace
+
+LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>& overrides,
+                         const std::string& variant) {
   YAML::Node root = config::load_yaml_file(file);
   config::apply_overrides(root, overrides);
   LoadedRecipe out;
   out.file = file;
+  if (!variant.empty()) {
+    // Parse once to validate the base (and the variants list), then build the variant's tree.
+    const RecipeConfig base = config::parse<RecipeConfig>(root, "", file);
+    const VariantConfig* chosen = nullptr;
+    std::vector<std::string> names;
+    for (const auto& v : base.variants) {
+      names.push_back(v.name);
+      if (v.name == variant) chosen = &v;
+    }
+    check(chosen != nullptr, "recipe ", file, " has no variant '", variant, "'",
+          names.empty() ? std::string(" (it has none)") : "; did you mean '" + config::closest_match(variant, names) + "'?");
+    YAML::Node tree = YAML::Clone(root);
+    tree.remove("variants");
+    if (chosen->set) merge_into(tree, chosen->set);
+    const fs::path base_dir = base.run_dir.empty() ? fs::path("runs") / base.name : fs::path(base.run_dir);
+    if (!(chosen->set && chosen->set["run_dir"])) tree["run_dir"] = (base_dir / variant).string();
+    if (!(chosen->set && chosen->set["name"])) tree["name"] = base.name + "/" + variant;
+    root = tree;
+  }
   out.config = config::parse<RecipeConfig>(root, "", file);
-  const RecipeConfig& c = out.config;
+  RecipeConfig& c = out.config;
   check(c.data.seq_len > 0 && c.data.batch_size > 0, "data.seq_len and data.batch_size must be positive");
+  check(c.data.prefetch >= 0, "data.prefetch must be >= 0");
+  check(c.train.steps > 0 || c.train.flops_budget > 0, "set train.steps or train.flops_budget");
   validate(c.generate.sampling);
   out.run_dir = c.run_dir.empty() ? fs::path("runs") / c.name : fs::path(c.run_dir);
+  // Checkpoints record the resolved recipe; absolute data paths keep them usable from anywhere.
+  const fs::path recipe_dir = fs::path(file).parent_path();
+  c.data.dataset = absolute_of(c.data.dataset.empty() ? out.run_dir / "data" : fs::path(c.data.dataset)).string();
+  for (auto& input : c.data.prepare.corpus.inputs) {
+    if (input.rfind("debian:", 0) == 0 || fs::path(input).is_absolute()) continue;
+    if (fs::exists(input)) input = absolute_of(input).string();
+    else if (fs::exists(recipe_dir / input)) input = absolute_of(recipe_dir / input).string();
+#ifdef TESSERA_SOURCE_DIR
+    else if (fs::exists(fs::path(TESSERA_SOURCE_DIR) / input)) input = (fs::path(TESSERA_SOURCE_DIR) / input).string();
+#endif
+  }
+  if (!c.data.prepare.bpe_model.empty()) c.data.prepare.bpe_model = absolute_of(c.data.prepare.bpe_model).string();
   return out;
 }
 
-DataBundle make_data(const DataConfig& config, const std::string& recipe_file, uint64_t seed) {
-  const std::string dir = recipe_file.empty() ? "" : fs::path(recipe_file).parent_path().string();
-  const std::string path = resolve_data_path(config.path, dir);
-  TextCorpus corpus = load_text_bytes(path, config.split_by, config.val_fraction);
+fs::path dataset_dir(const RecipeConfig& recipe) { return recipe.data.dataset; }
+fs::path dataset_dir(const LoadedRecipe& recipe) { return dataset_dir(recipe.config); }
+
+PrepareResult prepare_recipe_data(const LoadedRecipe& recipe, bool force, bool quiet) {
+  const RecipeConfig& c = recipe.config;
+  const fs::path dir = dataset_dir(recipe);
+  if (!c.data.has_prepare()) {
+    check(fs::exists(dir / "index.json"), "dataset ", dir.string(),
+          " is not prepared and the recipe has no data.prepare.corpus.inputs to prepare it from; run "
+          "`tessera prepare` or set data.dataset to a prepared folder");
+    PrepareResult r;
+    r.dir = dir;
+    r.index = DatasetIndex::load(dir);
+    r.up_to_date = true;
+    return r;
+  }
+  return prepare_dataset(c.data.prepare, dir, fs::path(recipe.file).parent_path().string(), force, quiet);
+}
+
+DataBundle make_data(const DataConfig& config, const fs::path& dir, uint64_t seed) {
+  const DatasetIndex index = DatasetIndex::load(dir);
   DataBundle out;
-  out.layout = corpus.layout;
-  out.val_bytes = corpus.val.bytes;
-  auto train = std::make_shared<const TokenStream>(std::move(corpus.train));
-  out.train = std::make_shared<PackedRowSource>(train, out.layout, config.batch_size, config.seq_len, true, seed, 0, 1,
-                                                config.doc_mask);
-  if (!corpus.val.tokens.empty()) {
-    auto val = std::make_shared<const TokenStream>(std::move(corpus.val));
-    out.val = std::make_shared<PackedRowSource>(val, out.layout, config.batch_size, config.seq_len, false, seed, 0, 1,
-                                                config.doc_mask);
+  out.dir = dir;
+  out.layout = index.layout;
+  out.adapters = index.adapters;
+  for (auto& a : out.adapters)
+    if (a.contains("model") && !fs::path(a["model"].get<std::string>()).is_absolute())
+      a["model"] = (fs::absolute(dir) / a["model"].get<std::string>()).lexically_normal().string();
+  PackerOptions train_options;
+  train_options.batch_size = config.batch_size;
+  train_options.seq_len = config.seq_len;
+  train_options.shuffle = true;
+  train_options.seed = seed;
+  train_options.doc_mask = config.doc_mask;
+  train_options.prefetch = static_cast<int>(config.prefetch);
+  out.train = std::make_shared<PackedRowSource>(ShardedSplit::open(dir, index, "train", config.verify_checksums),
+                                                out.layout, train_options);
+  const auto val_it = index.splits.find("val");
+  if (val_it != index.splits.end() && val_it->second.docs > 0) {
+    PackerOptions val_options = train_options;
+    val_options.shuffle = false;
+    val_options.cover_all = true;  // every validation token is a target exactly once: exact bpb
+    out.val = std::make_shared<PackedRowSource>(ShardedSplit::open(dir, index, "val", config.verify_checksums),
+                                                out.layout, val_options);
+    out.val_size.targets = val_it->second.tokens - val_it->second.docs;
+    out.val_size.bytes = val_it->second.bytes;
   }
   return out;
 }
@@ -68,11 +155,27 @@ YAML::Node resolved_yaml(const RecipeConfig& recipe, const LanguageModel& model)
   return node;
 }
 
-TrainerSetup make_trainer_setup(const LoadedRecipe& recipe) {
+int64_t steps_for_budget(const RecipeConfig& c, const LanguageModel& model) {
+  const double per_step = model.flops(c.data.seq_len).train_per_token * static_cast<double>(c.data.seq_len) *
+                          static_cast<double>(c.data.batch_size * c.train.grad_accum);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::llround(c.train.flops_budget / per_step)));
+}
+
+int64_t planned_steps(const LoadedRecipe& recipe) {
   const RecipeConfig& c = recipe.config;
+  if (c.train.flops_budget <= 0) return c.train.steps;
+  const PrepareResult data = prepare_recipe_data(recipe, false, true);
+  return steps_for_budget(c, *make_model(c, recipe.file, data.index.layout));
+}
+
+TrainerSetup make_trainer_setup(const LoadedRecipe& recipe) {
+  RecipeConfig c = recipe.config;
   seed_everything(static_cast<uint64_t>(c.seed));
-  DataBundle data = make_data(c.data, recipe.file, static_cast<uint64_t>(c.seed));
+  // Quiet when the dataset already exists: `run` has reported on it in its prepare stage.
+  prepare_recipe_data(recipe, false, fs::exists(dataset_dir(recipe) / "index.json"));
+  DataBundle data = make_data(c.data, dataset_dir(recipe), static_cast<uint64_t>(c.seed));
   auto model = make_model(c, recipe.file, data.layout);
+  if (c.train.flops_budget > 0) c.train.steps = steps_for_budget(c, *model);
   fs::create_directories(recipe.run_dir);
   const YAML::Node resolved = resolved_yaml(c, *model);
   const fs::path config_path = recipe.run_dir / "config.yaml";
@@ -88,9 +191,13 @@ TrainerSetup make_trainer_setup(const LoadedRecipe& recipe) {
   setup.objective = make_objective(c.objective);
   setup.train_data = data.train;
   setup.val_data = data.val;
+  setup.val_size = data.val_size;
+  setup.seq_len = c.data.seq_len;
   setup.config = c.train;
   setup.run_dir = recipe.run_dir;
   setup.recipe = config::yaml_to_json(resolved);
+  setup.extra_state = {{"adapters", data.adapters},
+                       {"train_flops_per_token", model->flops(c.data.seq_len).train_per_token}};
   setup.seed = static_cast<uint64_t>(c.seed);
   return setup;
 }
@@ -112,6 +219,10 @@ LoadedCheckpoint load_trained(const fs::path& path) {
   std::map<std::string, at::Tensor> tensors;
   for (const auto& [name, t] : contents.model) tensors.emplace(name, t);
   load_parameters(*out.model, tensors, (out.dir / "model.safetensors").string());
+  const nlohmann::json adapters = out.state.value("adapters", nlohmann::json::array());
+  check(adapters.is_array() && adapters.size() == 1, out.dir.string(),
+        "/state.json names no text adapter (\"adapters\"); it was written by an older Tessera: retrain");
+  out.adapter = make_adapter(adapters[0], out.dir);
   return out;
 }
 

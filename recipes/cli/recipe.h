@@ -9,14 +9,52 @@
 #include <string>
 #include <vector>
 
-#include "core/data/text_bytes.h"
+#include "core/data/sample.h"
+#include "core/data/source.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/sampling.h"
 #include "core/train/train_config.h"
 #include "core/train/trainer.h"
+#include "modalities/prepare.h"
 
 namespace tessera {
+
+// Where a recipe's data comes from: a prepared dataset folder (index.json + shards), built by `prepare`
+// from `prepare.corpus` when that lists inputs (a no-op once it is up to date).
+struct DataConfig {
+  std::string dataset;    // "" -> <run_dir>/data
+  PrepareConfig prepare;  // used when prepare.corpus.inputs is not empty
+  int64_t seq_len = 256;
+  int64_t batch_size = 16;
+  bool doc_mask = true;
+  int64_t prefetch = 2;
+  bool verify_checksums = true;
+
+  template <class V>
+  void fields(V& v) {
+    v.optional("dataset", dataset, "prepared dataset folder (default <run_dir>/data)");
+    v.optional("prepare", prepare, "how to prepare the dataset when it is missing (tessera prepare)");
+    v.optional("seq_len", seq_len, "tokens per training row");
+    v.optional("batch_size", batch_size, "rows per micro-batch (per rank)");
+    v.optional("doc_mask", doc_mask, "block-diagonal attention across packed documents");
+    v.optional("prefetch", prefetch, "batches prepared ahead on a worker thread (0: none)");
+    v.optional("verify_checksums", verify_checksums, "check every shard's CRC32 when opening it");
+  }
+  bool has_prepare() const { return !prepare.corpus.inputs.empty(); }
+};
+
+// One arm of a comparison recipe: the base recipe with `set` merged over it, run in <run_dir>/<name>.
+struct VariantConfig {
+  std::string name;
+  YAML::Node set;
+
+  template <class V>
+  void fields(V& v) {
+    v.required("name", name, "variant name (its run directory under the recipe's)");
+    v.raw("set", set, false, "recipe keys this variant changes (a partial recipe merged over the base)");
+  }
+};
 
 struct GenerateConfig {
   std::string prompt = "The ";
@@ -52,6 +90,7 @@ struct RecipeConfig {
   TrainConfig train;
   EvalConfig eval;
   GenerateConfig generate;
+  std::vector<VariantConfig> variants;
 
   template <class V>
   void fields(V& v) {
@@ -64,6 +103,8 @@ struct RecipeConfig {
     v.required("train", train);
     v.optional("eval", eval);
     v.optional("generate", generate);
+    v.optional("variants", variants,
+               "arms of a comparison: each runs the recipe with its `set` keys changed, then a summary table and plot");
   }
 };
 
@@ -73,20 +114,39 @@ struct LoadedRecipe {
   std::filesystem::path run_dir;
 };
 
-// Parses the file with overrides applied; errors name the key path and file position.
-LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>& overrides);
+// Parses the file with overrides applied; errors name the key path and file position. With `variant`,
+// that variant's `set` is merged over the base and the run directory becomes <run_dir>/<variant>.
+// data.dataset is made absolute, so that checkpoints find their data from any working directory.
+LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>& overrides,
+                         const std::string& variant = "");
+
+// The dataset folder of a recipe (data.dataset, or <run_dir>/data).
+std::filesystem::path dataset_dir(const LoadedRecipe& recipe);
+std::filesystem::path dataset_dir(const RecipeConfig& recipe);
+
+// Prepares the recipe's dataset when it lists inputs (no-op when up to date).
+PrepareResult prepare_recipe_data(const LoadedRecipe& recipe, bool force = false, bool quiet = false);
 
 struct DataBundle {
   std::shared_ptr<DataSource> train;
-  std::shared_ptr<DataSource> val;  // null when data.val_fraction is 0
+  std::shared_ptr<DataSource> val;  // null when the dataset has no validation documents
   VocabLayout layout;
-  int64_t val_bytes = 0;
+  SplitSize val_size;
+  nlohmann::json adapters;  // the dataset's adapters, model paths made absolute
+  std::filesystem::path dir;
 };
-DataBundle make_data(const DataConfig& config, const std::string& recipe_file, uint64_t seed);
+// Opens a prepared dataset for training (shuffled train rows) and evaluation (every val token once).
+DataBundle make_data(const DataConfig& config, const std::filesystem::path& dir, uint64_t seed);
 
 std::shared_ptr<LanguageModel> make_model(const RecipeConfig& recipe, const std::string& file,
                                           const VocabLayout& layout);
 std::shared_ptr<Objective> make_objective(const std::string& name);
+
+// Optimizer steps that spend train.flops_budget with this model and batch shape.
+int64_t steps_for_budget(const RecipeConfig& recipe, const LanguageModel& model);
+// The steps a run of this recipe will train for (train.steps, or derived from train.flops_budget,
+// which needs the prepared dataset's vocabulary).
+int64_t planned_steps(const LoadedRecipe& recipe);
 
 // The resolved recipe (every default filled, the model's full config) as YAML and JSON.
 YAML::Node resolved_yaml(const RecipeConfig& recipe, const LanguageModel& model);
@@ -102,6 +162,7 @@ struct LoadedCheckpoint {
   RecipeConfig recipe;
   VocabLayout layout;
   std::shared_ptr<LanguageModel> model;
+  std::shared_ptr<const Adapter> adapter;  // the text adapter the model was trained through
 };
 LoadedCheckpoint load_trained(const std::filesystem::path& path);
 

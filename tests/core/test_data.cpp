@@ -6,24 +6,12 @@
 #include <fstream>
 
 #include "core/error.h"
-#include "core/data/text_bytes.h"
+#include "core/data/packer.h"
 #include "core/vocab.h"
 
 namespace tessera {
 namespace {
 namespace fs = std::filesystem;
-
-fs::path write_file(const std::string& name, const std::string& text) {
-  const fs::path p = fs::temp_directory_path() / ("tessera_test_" + std::to_string(::getpid()) + "_" + name);
-  std::ofstream(p, std::ios::binary) << text;
-  return p;
-}
-
-std::string corpus_text(int docs) {
-  std::string text;
-  for (int i = 0; i < docs; ++i) text += "document number " + std::to_string(i) + " has some words in it.\n\n";
-  return text;
-}
 
 TEST(VocabLayout, BytesLayoutIsBltCompatible) {
   const VocabLayout v = VocabLayout::bytes();
@@ -42,54 +30,17 @@ TEST(VocabLayout, BytesLayoutIsBltCompatible) {
   }
 }
 
-TEST(TextBytes, EncodesDocumentsAndRoundTripsAnyBytes) {
-  const std::string odd("\xff\x00\xc3(", 4);  // invalid UTF-8 and a NUL
-  const VocabLayout v = VocabLayout::bytes();
-  EXPECT_EQ(decode_bytes(encode_bytes(odd, v), v), odd);
-  const fs::path p = write_file("docs.txt", "first doc\nline two\n\n\nsecond\n\nthird one\n");
-  const TextCorpus c = load_text_bytes(p.string(), "paragraph", 0.34);
-  // 3 documents: 2 train, 1 validation.
-  const std::vector<int32_t> expected_first = {1, 4 + 'f', 4 + 'i'};
-  EXPECT_EQ(std::vector<int32_t>(c.train.tokens.begin(), c.train.tokens.begin() + 3), expected_first);
-  EXPECT_EQ(c.train.tokens.size(), std::string("first doc\nline two").size() + 2 + 6 + 2);
-  EXPECT_EQ(c.val.tokens.size(), 9u + 2);
-  EXPECT_EQ(c.val.bytes, 9);
-  EXPECT_EQ(c.train.doc.back(), 1);
-  EXPECT_EQ(load_text_bytes(p.string(), "line", 0.0).train.doc.back(), 3);
-  EXPECT_EQ(load_text_bytes(p.string(), "file", 0.0).train.doc.back(), 0);
-  fs::remove(p);
-}
-
-TEST(TextBytes, BadInputIsAClearError) {
-  try {
-    load_text_bytes("/nonexistent/corpus.txt", "paragraph", 0.1);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/corpus.txt"), std::string::npos);
-  }
-  const fs::path empty = write_file("empty.txt", "\n\n");
-  EXPECT_THROW(load_text_bytes(empty.string(), "paragraph", 0.1), Error);
-  const fs::path one = write_file("one.txt", "only one document\n");
-  try {
-    load_text_bytes(one.string(), "paragraph", 0.1);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("too few for a validation split"), std::string::npos) << e.what();
-  }
-  try {
-    resolve_data_path("no/such/file.txt", "/tmp");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("looked in"), std::string::npos);
-  }
-  fs::remove(empty);
-  fs::remove(one);
-}
-
+// Documents as BLT byte ids (<bos>=1, byte b -> b + 4, <eos>=2), written out here independently.
 std::shared_ptr<const TokenStream> stream_of(int docs) {
-  const fs::path p = write_file("stream.txt", corpus_text(docs));
-  auto s = std::make_shared<const TokenStream>(load_text_bytes(p.string(), "paragraph", 0.0).train);
-  fs::remove(p);
+  auto s = std::make_shared<TokenStream>();
+  for (int i = 0; i < docs; ++i) {
+    const std::string text = "document number " + std::to_string(i) + " has some words in it.";
+    s->tokens.push_back(1);
+    for (unsigned char c : text) s->tokens.push_back(c + 4);
+    s->tokens.push_back(2);
+    s->doc.resize(s->tokens.size(), i);
+    s->bytes += static_cast<int64_t>(text.size());
+  }
   return s;
 }
 

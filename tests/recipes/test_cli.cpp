@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/io/files.h"
 #include "core/error.h"
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
@@ -23,10 +24,10 @@ class TempDir {
   TempDir() {
     path_ = fs::temp_directory_path() /
             ("tessera_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
-    fs::remove_all(path_);
+    remove_tree(path_);
     fs::create_directories(path_);
   }
-  ~TempDir() { fs::remove_all(path_); }
+  ~TempDir() { remove_tree(path_); }
   const fs::path& path() const { return path_; }
 
  private:
@@ -38,7 +39,8 @@ class TempDir {
 std::string tiny_recipe(const fs::path& run_dir, int steps = 8) {
   return "name: tiny\nrun_dir: " + run_dir.string() + "\nseed: 11\n" +
          "model: {arch: dense, dim: 32, n_layers: 2, n_heads: 2, multiple_of: 16, max_seq_len: 128}\n"
-         "data: {path: assets/data/quickstart.txt, seq_len: 32, batch_size: 4, val_fraction: 0.05}\n"
+         "data: {prepare: {corpus: {inputs: [assets/data/quickstart.txt]}, val_fraction: 0.05}, seq_len: 32, "
+         "batch_size: 4}\n"
          "train: {steps: " + std::to_string(steps) + ", lr: 3.0e-3, warmup_steps: 2, eval_every: 4, eval_batches: 2, "
          "checkpoint_every: 2, keep_checkpoints: 2, log_every: 2, device: cpu}\n"
          "eval: {batches: 3}\n"
@@ -98,7 +100,7 @@ TEST(Train, WritesCheckpointsMetricsAndResolvedConfig) {
     eval_records += rec.contains("val_loss");
   }
   EXPECT_EQ(train_records, 4);
-  EXPECT_EQ(eval_records, 2);  // step 4 and the final one
+  EXPECT_EQ(eval_records, 3);  // step 0 (untrained), step 4 and the final one
   // The resolved config has every default filled in and parses back.
   const LoadedRecipe back = load_recipe((run / "config.yaml").string(), {});
   EXPECT_EQ(back.config.train.grad_accum, 1);
@@ -234,8 +236,12 @@ TEST(Cli, BadRecipesAreClearErrors) {
   const fs::path ok = write_recipe(dir, tiny_recipe(dir.path() / "run"));
   EXPECT_EQ(cli({"train", ok.string(), "model.arch=dence"}, &out, &err), 1);
   EXPECT_NE(err.find("did you mean 'dense'"), std::string::npos) << err;
-  EXPECT_EQ(cli({"train", ok.string(), "data.path=nowhere.txt"}, &out, &err), 1);
-  EXPECT_NE(err.find("data file 'nowhere.txt' not found"), std::string::npos) << err;
+  EXPECT_EQ(cli({"train", ok.string(), "data.prepare.corpus.inputs=[nowhere.txt]"}, &out, &err), 1);
+  EXPECT_NE(err.find("corpus input 'nowhere.txt' not found"), std::string::npos) << err;
+  EXPECT_EQ(cli({"train", ok.string(), "data.prepare.corpus.inputs=[]", "data.dataset=" + (dir.path() / "none").string()},
+                &out, &err),
+            1);
+  EXPECT_NE(err.find("is not prepared"), std::string::npos) << err;
   EXPECT_EQ(cli({"info", (dir.path() / "nothing").string()}, &out, &err), 1);
 }
 
@@ -281,6 +287,112 @@ TEST(Cli, BenchTrainRunsOnCpu) {
             0)
       << err;
   EXPECT_NE(out.find("TFLOP/s"), std::string::npos) << out;
+}
+
+// The quickstart's shape on a smaller config: prepare (bytes and BPE) -> train at equal FLOPs -> exact
+// bits per byte -> samples -> comparison table and plot; the loss must clearly decrease.
+TEST(Cli, ComparisonRecipeRunsBothArmsAndWritesSummary) {
+  TempDir dir;
+  const fs::path run = dir.path() / "cmp";
+  const std::string recipe_text =
+      "name: cmp\nrun_dir: " + run.string() + "\nseed: 3\n"
+      "model: {arch: dense, dim: 48, n_layers: 2, n_heads: 2, multiple_of: 16, max_seq_len: 128, tie_embeddings: true}\n"
+      "data: {prepare: {corpus: {inputs: [assets/data/quickstart.txt], max_documents: 400}, val_fraction: 0.1}, "
+      "seq_len: 64, batch_size: 8}\n"
+      "train: {flops_budget: 4.0e10, lr: 3.0e-3, warmup_steps: 10, eval_every: 25, eval_batches: 0, log_every: 5, "
+      "device: cpu}\n"
+      "generate: {prompt: \"The \", max_new_tokens: 16, num_samples: 1, seed: 1}\n"
+      "variants:\n  - name: bytes\n  - name: bpe\n"
+      "    set: {data: {prepare: {adapter: bpe, bpe: {vocab_size: 512, threads: 1}}, seq_len: 24}}\n";
+  const fs::path recipe = write_recipe(dir, recipe_text);
+  std::string out, err;
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err << out;
+  for (const char* f : {"summary.md", "summary.json", "bpb_vs_flops.png"}) EXPECT_TRUE(fs::exists(run / f)) << f;
+  EXPECT_NE(out.find("| bytes | bytes |"), std::string::npos) << out;
+  EXPECT_NE(out.find("| bpe | sentencepiece |"), std::string::npos) << out;
+
+  const nlohmann::json arms = nlohmann::json::parse(std::ifstream(run / "summary.json"));
+  ASSERT_EQ(arms.size(), 2u);
+  double flops[2];
+  for (int a = 0; a < 2; ++a) {
+    const auto& arm = arms[a];
+    flops[a] = arm.at("train_flops").get<double>();
+    EXPECT_TRUE(arm.at("eval").at("bits_per_byte_exact").get<bool>());
+    const double bpb = arm.at("eval").at("bits_per_byte").get<double>();
+    EXPECT_GT(bpb, 0.5);
+    EXPECT_LT(bpb, 8.0);
+    // Bits per byte from the summed NLL and the split's bytes, recomputed here.
+    EXPECT_NEAR(bpb, arm.at("eval").at("sum_nll").get<double>() / (std::log(2.0) * arm.at("eval").at("bytes").get<double>()),
+                1e-9);
+    // A clearly decreasing validation curve: the last evaluation well below the first.
+    std::vector<double> curve;
+    std::ifstream metrics(fs::path(arm.at("run_dir").get<std::string>()) / "metrics.jsonl");
+    for (std::string line; std::getline(metrics, line);) {
+      const auto m = nlohmann::json::parse(line);
+      if (m.contains("val_bpb")) curve.push_back(m["val_bpb"].get<double>());
+    }
+    ASSERT_GE(curve.size(), 3u);
+    // Untrained (step 0): close to the uniform distribution, log2(V) bits per target.
+    const double uniform = std::log2(arm.at("vocab_size").get<double>()) *
+                           arm.at("eval").at("split_targets").get<double>() / arm.at("eval").at("bytes").get<double>();
+    EXPECT_NEAR(curve.front(), uniform, 0.1 * uniform) << arm.at("name");
+    EXPECT_LT(curve.back(), curve.front() * 0.7) << arm.at("name");
+    EXPECT_LT(curve.back(), curve[1]) << arm.at("name");  // and still improving after the first evaluation
+    EXPECT_NEAR(curve.back(), bpb, 1e-6);
+    EXPECT_FALSE(arm.at("sample").get<std::string>().empty());
+  }
+  // Equal compute within one optimizer step's worth.
+  EXPECT_NEAR(flops[0] / flops[1], 1.0, 0.1);
+
+  // Everything is done: a second run skips every stage; prepare alone is a no-op.
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("up to date"), std::string::npos) << out;
+  EXPECT_NE(out.find("== train: done"), std::string::npos) << out;
+  ASSERT_EQ(cli({"prepare", recipe.string(), "--variant", "bpe"}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("up to date"), std::string::npos) << out;
+  // `eval bpb` on one arm gives the recorded value; generation uses the arm's BPE tokenizer.
+  ASSERT_EQ(cli({"eval", "bpb", (run / "bpe").string(), "--json", (dir.path() / "bpb.json").string()}, &out, &err), 0)
+      << err;
+  EXPECT_NE(out.find("bits per byte"), std::string::npos) << out;
+  const nlohmann::json again = nlohmann::json::parse(std::ifstream(dir.path() / "bpb.json"));
+  EXPECT_NEAR(again.at("bits_per_byte").get<double>(), arms[1].at("eval").at("bits_per_byte").get<double>(), 1e-6);
+  ASSERT_EQ(cli({"generate", (run / "bpe").string(), "--prompt", "The meaning", "--max-new-tokens", "8"}, &out, &err), 0)
+      << err;
+  EXPECT_NE(out.find("The meaning"), std::string::npos) << out;
+  EXPECT_EQ(cli({"run", recipe.string(), "--variant", "bpf"}, &out, &err), 1);
+  EXPECT_NE(err.find("did you mean 'bpe'"), std::string::npos) << err;
+}
+
+TEST(Cli, PreparedDataErrorsNameTheFile) {
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  const fs::path recipe = write_recipe(dir, tiny_recipe(run, 2));
+  std::string out, err;
+  ASSERT_EQ(cli({"prepare", recipe.string()}, &out, &err), 0) << err;
+  // Corrupt one byte of the training shard: training refuses it, naming the file.
+  const fs::path shard = run / "data" / "train_00000.bin";
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(200);
+    const char c = static_cast<char>(f.get());
+    f.seekp(200);
+    f.put(static_cast<char>(~c));
+  }
+  EXPECT_EQ(cli({"train", recipe.string()}, &out, &err), 1);
+  EXPECT_NE(err.find("train_00000.bin"), std::string::npos) << err;
+  EXPECT_NE(err.find("checksum"), std::string::npos) << err;
+  // --force rebuilds it.
+  ASSERT_EQ(cli({"prepare", recipe.string(), "--force"}, &out, &err), 0) << err;
+  EXPECT_EQ(cli({"train", recipe.string()}, &out, &err), 0) << err;
+}
+
+TEST(Cli, BenchDataRunsOnASyntheticDataset) {
+  std::string out, err;
+  ASSERT_EQ(cli({"bench", "data", "--batch", "4", "--seq", "128", "--batches", "20", "--synthetic-mtokens", "0.2"},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("tokens/s"), std::string::npos) << out;
 }
 
 }  // namespace

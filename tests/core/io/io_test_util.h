@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "core/io/files.h"
 #include "core/error.h"
 
 namespace tessera::io::testing {
@@ -26,12 +27,12 @@ class TempDir {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "io";
     path_ = fs::temp_directory_path() / ("tessera-io-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(path_);
+    remove_tree(path_);
     fs::create_directories(path_);
   }
   ~TempDir() {
     std::error_code ec;
-    fs::remove_all(path_, ec);
+    remove_tree(path_, ec);
   }
   const fs::path& path() const { return path_; }
   fs::path operator/(const std::string& name) const { return path_ / name; }
