@@ -133,7 +133,7 @@ TrainResult train_stage(const LoadedRecipe& recipe, bool resume) {
 
 nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const std::string& device_name) {
   LoadedCheckpoint ckpt = load_trained(path);
-  const c10::Device device = select_device(device_name);
+  const c10::Device device = select_device(device_name.empty() ? ckpt.recipe.train.device : device_name);
   const bool bf16 = use_bf16(ckpt.recipe.train.precision, device);
   ckpt.model->to(device);
   const fs::path dir = dataset_dir(ckpt.recipe);
@@ -164,7 +164,7 @@ void print_eval(const nlohmann::json& ev) {
 
 nlohmann::json generate_stage(const fs::path& path, const GenerateConfig& g, const std::string& device_name) {
   LoadedCheckpoint ckpt = load_trained(path);
-  const c10::Device device = select_device(device_name);
+  const c10::Device device = select_device(device_name.empty() ? ckpt.recipe.train.device : device_name);
   const bool bf16 = use_bf16(ckpt.recipe.train.precision, device);
   ckpt.model->to(device);
   const Adapter& adapter = *ckpt.adapter;
@@ -426,8 +426,8 @@ int eval_command(const Args& args) {
                      "usage: tessera eval [bpb|ppl] PATH [options]\n");
   o.add_options()("path", "checkpoint dir, run dir or checkpoints/ dir", cxxopts::value<std::string>())(
       "batches", "validation batches (default: the recipe's eval.batches; 0 = whole split, exact bpb)",
-      cxxopts::value<int64_t>()->default_value("-1"))("device", "auto, cpu or cuda",
-                                                       cxxopts::value<std::string>()->default_value("auto"))(
+      cxxopts::value<int64_t>()->default_value("-1"))(
+      "device", "auto, cpu or cuda (default: the recipe's train.device)", cxxopts::value<std::string>())(
       "json", "also write the result to this file", cxxopts::value<std::string>())("h,help", "show this help");
   o.parse_positional({"path"});
   o.positional_help("[bpb|ppl] PATH");
@@ -440,7 +440,8 @@ int eval_command(const Args& args) {
   }
   cxxopts::ParseResult r;
   if (!parse(o, rest, r)) return 0;
-  const nlohmann::json ev = eval_stage(positional(r, "path", o), r["batches"].as<int64_t>(), r["device"].as<std::string>());
+  const nlohmann::json ev = eval_stage(positional(r, "path", o), r["batches"].as<int64_t>(),
+                                       r.count("device") ? r["device"].as<std::string>() : "");
   std::printf("checkpoint %s (step %ld), dataset %s\n", ev.at("checkpoint").get<std::string>().c_str(),
               (long)ev.at("step").get<int64_t>(), ev.at("dataset").get<std::string>().c_str());
   if (metric == "bpb") std::printf("bits per byte %.4f\n", ev.at("bits_per_byte").get<double>());
@@ -479,7 +480,7 @@ int generate_command(const Args& args) {
       "top-k", "top-k filter (0: off)", cxxopts::value<int64_t>())("top-p", "nucleus filter (1: off)",
                                                                    cxxopts::value<double>())(
       "seed", "sampling seed", cxxopts::value<int64_t>())("num-samples", "number of samples", cxxopts::value<int64_t>())(
-      "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
+      "device", "auto, cpu or cuda (default: the recipe's train.device)", cxxopts::value<std::string>())(
       "json", "also write the samples to this file", cxxopts::value<std::string>())("h,help", "show this help");
   o.parse_positional({"path"});
   o.positional_help("PATH");
@@ -494,7 +495,7 @@ int generate_command(const Args& args) {
   if (r.count("top-p")) g.sampling.top_p = r["top-p"].as<double>();
   if (r.count("seed")) g.sampling.seed = r["seed"].as<int64_t>();
   if (r.count("num-samples")) g.num_samples = r["num-samples"].as<int64_t>();
-  const nlohmann::json out = generate_stage(path, g, r["device"].as<std::string>());
+  const nlohmann::json out = generate_stage(path, g, r.count("device") ? r["device"].as<std::string>() : "");
   print_samples(out);
   if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(out));
   return 0;

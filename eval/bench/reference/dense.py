@@ -20,6 +20,7 @@ Read for facts only; no code here is shared with the C++ implementation.
 import argparse
 import json
 import math
+import sys
 import time
 
 import torch
@@ -153,6 +154,8 @@ def main():
     ap.add_argument("--tie-embeddings", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="after timing, profile this many steps and print the per-kernel GPU time table to stderr")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -199,6 +202,23 @@ def main():
         value = loss.item()
         first_loss = value if first_loss is None else first_loss
         last_loss = value
+
+    if args.profile > 0:
+        # Where the time goes, kernel by kernel (for the training-speed work): self CUDA time, summed.
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for step in range(args.profile):
+                tokens, targets = batches[step % len(batches)]
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = forward(tokens)
+                    loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            sync()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70),
+              file=sys.stderr)
 
     median = sorted(times)[len(times) // 2]  # as the C++ bench
     tokens_per_step = args.batch_size * args.seq_len
