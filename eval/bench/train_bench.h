@@ -22,6 +22,8 @@ struct TrainBenchOptions {
   std::string device = "auto";
   bool tie_embeddings = false;
   uint64_t seed = 0;
+  int64_t profile_steps = 0;  // > 0: after timing, profile this many steps (per-kernel GPU time, or CPU ops)
+  std::string trace;          // with profile_steps: also save the Kineto trace (chrome://tracing JSON) here
 };
 
 struct TrainBenchResult {

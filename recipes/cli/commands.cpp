@@ -622,7 +622,10 @@ int bench_command(const Args& args) {
       "steps", "timed steps", cxxopts::value<int64_t>()->default_value(std::to_string(b.steps)))(
       "precision", "auto, fp32 or bf16", cxxopts::value<std::string>()->default_value("auto"))(
       "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
-      "tie-embeddings", "share embedding and output weights")("json", "write the result as JSON here",
+      "tie-embeddings", "share embedding and output weights")(
+      "profile", "after timing, profile this many steps: GPU time per kernel (CPU: per operator)",
+      cxxopts::value<int64_t>()->default_value("0"))("trace", "with --profile, save the Kineto trace (JSON) here",
+                                                     cxxopts::value<std::string>())("json", "write the result as JSON here",
                                                               cxxopts::value<std::string>())(
       "h,help", "show this help");
   cxxopts::ParseResult r;
@@ -639,6 +642,8 @@ int bench_command(const Args& args) {
   b.precision = r["precision"].as<std::string>();
   b.device = r["device"].as<std::string>();
   b.tie_embeddings = r.count("tie-embeddings") > 0;
+  b.profile_steps = r["profile"].as<int64_t>();
+  if (r.count("trace")) b.trace = r["trace"].as<std::string>();
   const TrainBenchResult result = bench_train(b);
   std::printf("%s", result.summary.c_str());
   if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(result.json));

@@ -287,6 +287,14 @@ TEST(Cli, BenchTrainRunsOnCpu) {
             0)
       << err;
   EXPECT_NE(out.find("TFLOP/s"), std::string::npos) << out;
+  // --profile adds a per-operator breakdown (per-kernel on CUDA) in which the matrix multiplies appear.
+  ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
+                 "--seq", "16", "--warmup", "1", "--steps", "1", "--device", "cpu", "--profile", "1"},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("CPU operator time (inclusive) per step"), std::string::npos) << out;
+  EXPECT_NE(out.find("aten::mm"), std::string::npos) << out;
 }
 
 // The quickstart's shape on a smaller config: prepare (bytes and BPE) -> train at equal FLOPs -> exact
