@@ -279,6 +279,22 @@ TEST(Cli, RunTrainsEvaluatesGeneratesThenSkipsDoneStages) {
   EXPECT_NE(g1.find("The "), std::string::npos);
 }
 
+TEST(Cli, ForceStartsOverButKeepsThePreparedData) {
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  const fs::path recipe = write_recipe(dir, tiny_recipe(run, 2));
+  std::string out, err;
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err;
+  const auto index_time = fs::last_write_time(run / "data" / "index.json");
+  std::ofstream(run / "stale.txt") << "from the earlier run";
+  ASSERT_EQ(cli({"run", recipe.string(), "--force"}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("up to date"), std::string::npos) << out;  // the shards were kept
+  EXPECT_EQ(fs::last_write_time(run / "data" / "index.json"), index_time);
+  EXPECT_FALSE(fs::exists(run / "stale.txt"));
+  EXPECT_NE(out.find("== train\n"), std::string::npos) << out;  // trained again, not skipped
+  EXPECT_TRUE(fs::exists(run / "eval.json"));
+}
+
 TEST(Cli, BenchTrainRunsOnCpu) {
   std::string out, err;
   ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
