@@ -1,5 +1,7 @@
 #include "core/nn/attention.h"
 
+#include <limits>
+
 #include <ATen/SDPBackend.h>
 
 #include "core/error.h"
@@ -131,6 +133,14 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
       mask = mask.logical_or(empty_rows);
     }
   }
+  if (q.is_cuda() && std::max(q.size(3), v.size(3)) > kFusedAttentionMaxHeadDim) {
+    // Head dims beyond the fused kernels' range (Megalodon's values are 2048 wide): SDPA would pick
+    // a memory-efficient variant whose backward alone took 46% of a Megalodon step on an H100;
+    // two GEMMs and a softmax are several times faster at these widths.
+    torch::Tensor out = attention_explicit(q, k, v, spec, scale);
+    if (empty_rows.defined()) out = out.masked_fill(empty_rows, 0.0);
+    return out;
+  }
   const std::optional<torch::Tensor> sdpa_mask =
       mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
   bool gqa = Hq != Hkv;
@@ -152,20 +162,39 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   return out;
 }
 
+torch::Tensor attention_explicit(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const MaskSpec& spec, std::optional<double> scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), Hkv = k.size(1), Tk = k.size(2);
+  check(Hkv > 0 && Hq % Hkv == 0 && v.size(1) == Hkv && k.size(3) == q.size(3),
+        "attention_explicit: incompatible q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+  const torch::Tensor keys = Hq == Hkv ? k : k.repeat_interleave(Hq / Hkv, 1);
+  const torch::Tensor values = Hq == Hkv ? v : v.repeat_interleave(Hq / Hkv, 1);
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  torch::Tensor scores = at::matmul(s == 1.0 ? q : q * s, keys.transpose(-2, -1));
+  const torch::Tensor mask = build_attention_mask(spec, B, Tq, Tk, q.device(), nullptr);
+  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
+  // Softmax in float32 whatever the scores' dtype; a row with no key gives NaN here, as 0/0 would.
+  const torch::Tensor probs = at::softmax(scores, -1, at::kFloat).to(values.scalar_type());
+  return at::matmul(probs, values);
+}
+
 KVCache::KVCache(int64_t batch, int64_t n_kv_heads, int64_t max_len, int64_t head_dim,
-                 torch::ScalarType dtype, torch::Device device) {
-  check(batch > 0 && n_kv_heads > 0 && max_len > 0 && head_dim > 0,
+                 torch::ScalarType dtype, torch::Device device, int64_t value_dim) {
+  if (value_dim == 0) value_dim = head_dim;
+  check(batch > 0 && n_kv_heads > 0 && max_len > 0 && head_dim > 0 && value_dim > 0,
         "KVCache: sizes must be positive, got batch=", batch, " n_kv_heads=", n_kv_heads,
-        " max_len=", max_len, " head_dim=", head_dim);
+        " max_len=", max_len, " head_dim=", head_dim, " value_dim=", value_dim);
   const auto opts = torch::TensorOptions().dtype(dtype).device(device);
   keys_ = at::empty({batch, n_kv_heads, max_len, head_dim}, opts);
-  values_ = at::empty({batch, n_kv_heads, max_len, head_dim}, opts);
+  values_ = at::empty({batch, n_kv_heads, max_len, value_dim}, opts);
 }
 
 std::pair<torch::Tensor, torch::Tensor> KVCache::append(const torch::Tensor& k, const torch::Tensor& v) {
-  const int64_t B = keys_.size(0), H = keys_.size(1), D = keys_.size(3);
-  check(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(3) == D && v.sizes() == k.sizes(),
-        "KVCache: expected k and v [", B, ", ", H, ", T, ", D, "], got ", k.sizes(), " and ", v.sizes());
+  const int64_t B = keys_.size(0), H = keys_.size(1), D = keys_.size(3), Dv = values_.size(3);
+  check(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(3) == D && v.dim() == 4 &&
+            v.size(0) == B && v.size(1) == H && v.size(2) == k.size(2) && v.size(3) == Dv,
+        "KVCache: expected k [", B, ", ", H, ", T, ", D, "] and v [", B, ", ", H, ", T, ", Dv, "], got ",
+        k.sizes(), " and ", v.sizes());
   check(k.scalar_type() == keys_.scalar_type() && v.scalar_type() == keys_.scalar_type(),
         "KVCache: cache holds ", keys_.scalar_type(), " but k/v are ", k.scalar_type(), "/",
         v.scalar_type());

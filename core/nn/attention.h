@@ -42,13 +42,27 @@ torch::Tensor build_attention_mask(const MaskSpec& spec, int64_t batch, int64_t 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const MaskSpec& spec, std::optional<double> scale = std::nullopt);
 
-// Keys and values of one layer for incremental decoding, preallocated [B, Hkv, max_len, D] so that
+// Head dims above this go through attention_explicit on CUDA: the fused SDPA kernels are built for
+// head dims up to 256, and beyond that SDPA's remaining kernels are slow (measured in
+// eval/bench/RESULTS.md, Megalodon section).
+inline constexpr int64_t kFusedAttentionMaxHeadDim = 256;
+
+// The same contract as attention(), computed as softmax(q k^T · scale + mask) v with two matmuls
+// and a float32 softmax, materialising [B, H, Tq, Tk] scores. attention() uses it on CUDA for head
+// dims above kFusedAttentionMaxHeadDim; exposed so that it can be tested on any device. Unlike
+// attention(), a query row with no key to attend to gives NaN.
+torch::Tensor attention_explicit(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const MaskSpec& spec, std::optional<double> scale = std::nullopt);
+
+// Keys and values of one layer for incremental decoding, preallocated [B, Hkv, max_len, D] (values
+// [B, Hkv, max_len, Dv] where their width differs, as in Megalodon) so that
 // decoding allocates nothing per token. Meant for inference (under NoGradGuard/InferenceMode): the
 // storage is written in place.
 class KVCache {
  public:
+  // value_dim 0 means head_dim (keys and values of one width, as in ordinary attention).
   KVCache(int64_t batch, int64_t n_kv_heads, int64_t max_len, int64_t head_dim, torch::ScalarType dtype,
-          torch::Device device);
+          torch::Device device, int64_t value_dim = 0);
 
   // Writes k/v [B, Hkv, T, D] at [length(), length() + T) and returns views of all cached keys and
   // values [B, Hkv, length(), D] (length() already advanced). Overflow is a tessera::Error.

@@ -175,4 +175,15 @@ double peak_memory_gb(const c10::Device& device) {
   return 0.0;
 }
 
+double current_memory_gb(const c10::Device& device) {
+#ifdef TESSERA_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto& now = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].current;
+    return static_cast<double>(now) / 1e9;
+  }
+#endif
+  return 0.0;
+}
+
 }  // namespace tessera

@@ -22,7 +22,8 @@ void restore_rng_state(const nlohmann::json& state);
 
 void synchronize(const c10::Device& device);
 void reset_peak_memory(const c10::Device& device);
-double peak_memory_gb(const c10::Device& device);  // 0 on CPU
+double peak_memory_gb(const c10::Device& device);     // 0 on CPU
+double current_memory_gb(const c10::Device& device);  // bytes held by live tensors now; 0 on CPU
 
 std::string base64_encode(const uint8_t* data, size_t size);
 std::vector<uint8_t> base64_decode(const std::string& text);

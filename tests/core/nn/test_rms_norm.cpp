@@ -43,6 +43,19 @@ TEST(RMSNorm, RegistersWeightAsOnes) {
   EXPECT_DOUBLE_EQ(norm->eps, 1e-5);
 }
 
+TEST(RMSNorm, PlusOneStoresZeroAndScalesByOnePlusWeight) {
+  torch::manual_seed(5);
+  RMSNorm norm(8, 1e-5, /*plus_one=*/true);
+  EXPECT_TRUE(norm->weight.equal(torch::zeros({8})));
+  {
+    torch::NoGradGuard no_grad;
+    norm->weight.copy_(torch::randn({8}) * 0.3);
+  }
+  const at::Tensor x = torch::randn({3, 8}, at::kDouble);
+  norm->to(at::kDouble);
+  EXPECT_LT(max_abs_diff(norm(x), ref_rms_norm(x, norm->weight + 1.0, 1e-5)), 1e-12);
+}
+
 TEST(RMSNorm, Float32MatchesReference) {
   torch::manual_seed(1);
   RMSNorm norm = make_norm(16, 1e-5);
