@@ -39,9 +39,9 @@ DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
   feed_forward = register_module("feed_forward", nn::SwiGLU(c.dim, hidden_dim));
 }
 
-at::Tensor DenseBlockImpl::forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl& rope,
+at::Tensor DenseBlockImpl::forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl* rope,
                                    const at::Tensor& positions, const nn::MaskSpec& spec, nn::KVCache* cache) {
-  at::Tensor h = x + attention->forward(attention_norm->forward(x), &rope, positions, spec, cache);
+  at::Tensor h = x + attention->forward(attention_norm->forward(x), rope, positions, spec, cache);
   return h + feed_forward->forward(ffn_norm->forward(h));
 }
 
@@ -89,7 +89,7 @@ at::Tensor DenseModel::run(const at::Tensor& tokens, const at::Tensor& positions
   at::Tensor h = tok_embeddings->forward(tokens);
   for (size_t i = 0; i < layers->size(); ++i) {
     nn::KVCache* cache = caches ? &(*caches)[i] : nullptr;
-    h = layers->ptr<DenseBlockImpl>(i)->forward(h, *rope, positions, spec, cache);
+    h = layers->ptr<DenseBlockImpl>(i)->forward(h, rope.get(), positions, spec, cache);
   }
   h = norm->forward(h);
   return config_.tie_embeddings ? at::linear(h, tok_embeddings->weight) : output->forward(h);

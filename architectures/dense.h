@@ -50,7 +50,8 @@ struct DenseConfig {
 
 struct DenseBlockImpl : torch::nn::Module {
   DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim);
-  at::Tensor forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl& rope, const at::Tensor& positions,
+  // rope may be nullptr (no rotary embedding, e.g. MEGABYTE's learned positions).
+  at::Tensor forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl* rope, const at::Tensor& positions,
                      const nn::MaskSpec& spec, nn::KVCache* cache);
   nn::RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
   nn::SelfAttention attention{nullptr};

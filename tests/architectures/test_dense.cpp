@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include "arch_test_util.h"
+
 #include <ATen/ATen.h>
 
 #include "core/error.h"
@@ -25,13 +27,8 @@ DenseConfig tiny(int64_t kv_heads = 2, bool tie = false, int64_t window = 0) {
   return c;
 }
 
-Batch batch_of(const at::Tensor& tokens) {
-  Batch b;
-  b.tokens = tokens;
-  return b;
-}
-
-double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
+using testing::batch_of;
+using testing::max_diff;
 
 TEST(Dense, ParameterNamesFollowLlamaAndCountMatchesClosedForm) {
   at::manual_seed(0);
