@@ -17,6 +17,9 @@ struct LossTerms {
   std::map<std::string, at::Tensor> terms;  // named scalars for logging ("lm", "diffusion", ...)
   at::Tensor sum_nll;                       // optional: summed token NLL (nats) for bits-per-token/perplexity
   at::Tensor count;                         // optional: number of counted targets
+  at::Tensor token_nll;                     // optional [B, T]: NLL per position (nats, float32), 0 where
+                                            // not counted; lets evaluation report loss by position
+  at::Tensor token_mask;                    // optional [B, T] float: 1 where the target counts
 };
 
 class Objective {

@@ -4,26 +4,37 @@
 
 namespace tessera {
 
-std::pair<at::Tensor, at::Tensor> masked_nll_sum(const at::Tensor& logits, const at::Tensor& targets,
-                                                 const at::Tensor& loss_mask) {
+at::Tensor token_nll(const at::Tensor& logits, const at::Tensor& targets) {
   const int64_t V = logits.size(-1);
   // Reduction in float32 whatever the logits' dtype (bf16 under autocast).
-  at::Tensor nll = at::cross_entropy_loss(logits.reshape({-1, V}).to(at::kFloat), targets.reshape({-1}), {},
-                                          at::Reduction::None);
+  return at::cross_entropy_loss(logits.reshape({-1, V}).to(at::kFloat), targets.reshape({-1}), {},
+                                at::Reduction::None)
+      .view(targets.sizes());
+}
+
+std::pair<at::Tensor, at::Tensor> masked_nll_sum(const at::Tensor& logits, const at::Tensor& targets,
+                                                 const at::Tensor& loss_mask) {
+  const at::Tensor nll = token_nll(logits, targets);
   if (!loss_mask.defined()) return {nll.sum(), at::full({}, static_cast<double>(nll.numel()), nll.options())};
-  const at::Tensor mask = loss_mask.reshape({-1}).to(at::kFloat);
+  const at::Tensor mask = loss_mask.to(at::kFloat).view(nll.sizes());
   return {(nll * mask).sum(), mask.sum()};
 }
 
 LossTerms LMObjective::compute(LanguageModel& model, const Batch& batch) {
   require_field(batch.targets, "targets", model.arch());
   const Outputs out = model.forward(batch);
-  auto [sum, count] = masked_nll_sum(out.logits, batch.targets, batch.loss_mask);
+  const at::Tensor nll = token_nll(out.logits, batch.targets);
+  const at::Tensor mask = batch.loss_mask.defined() ? batch.loss_mask.to(at::kFloat).view(nll.sizes())
+                                                    : at::ones_like(nll);
+  const at::Tensor masked = nll * mask;
+  const at::Tensor sum = masked.sum(), count = mask.sum();
   LossTerms terms;
   terms.total = sum / count.clamp_min(1.0);
   terms.terms["lm"] = terms.total.detach();
   terms.sum_nll = sum.detach();
   terms.count = count.detach();
+  terms.token_nll = masked.detach();
+  terms.token_mask = mask;
   return terms;
 }
 

@@ -11,6 +11,9 @@ class LMObjective : public Objective {
   LossTerms compute(LanguageModel& model, const Batch& batch) override;
 };
 
+// NLL per position [B, T] (nats, float32, computed in float32 whatever the logits' dtype).
+at::Tensor token_nll(const at::Tensor& logits, const at::Tensor& targets);
+
 // Summed NLL (nats, float32) and count of the masked-in targets; the logits may be bf16.
 std::pair<at::Tensor, at::Tensor> masked_nll_sum(const at::Tensor& logits, const at::Tensor& targets,
                                                  const at::Tensor& loss_mask);

@@ -1,5 +1,7 @@
 #include "core/train/trainer.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -78,6 +80,7 @@ EvalResult evaluate(LanguageModel& model, Objective& objective, DataSource& data
   const int64_t batches = max_batches > 0 ? std::min(max_batches, data.batches_per_epoch()) : data.batches_per_epoch();
   at::Tensor sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
   at::Tensor count = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
+  at::Tensor position_sum, position_count;  // [T] double, when the objective reports per-position NLL
   for (int64_t i = 0; i < batches; ++i) {
     const Batch batch = data.next().to(device);
     AutocastGuard autocast(device.type(), bf16);
@@ -86,6 +89,16 @@ EvalResult evaluate(LanguageModel& model, Objective& objective, DataSource& data
           "' does not report per-token NLL, so it cannot be evaluated for loss/perplexity");
     sum += terms.sum_nll.to(at::kDouble);
     count += terms.count.to(at::kDouble);
+    if (terms.token_nll.defined() && terms.token_mask.defined() && terms.token_nll.dim() == 2) {
+      const at::Tensor nll = terms.token_nll.to(at::kDouble).sum(0), mask = terms.token_mask.to(at::kDouble).sum(0);
+      if (!position_sum.defined()) {
+        position_sum = nll;
+        position_count = mask;
+      } else if (position_sum.size(0) == nll.size(0)) {
+        position_sum += nll;
+        position_count += mask;
+      }  // rows of another length (a ragged last batch) count in the totals only
+    }
   }
   data.reset();
   if (was_training) model.train();
@@ -95,7 +108,44 @@ EvalResult evaluate(LanguageModel& model, Objective& objective, DataSource& data
   r.loss = r.sum_nll / std::max<double>(1.0, static_cast<double>(r.tokens));
   r.perplexity = std::exp(r.loss);
   r.bits_per_token = r.loss / std::log(2.0);
+  if (position_sum.defined()) {
+    const at::Tensor ps = position_sum.cpu().contiguous(), pc = position_count.cpu().contiguous();
+    r.position_sum_nll.assign(ps.data_ptr<double>(), ps.data_ptr<double>() + ps.numel());
+    r.position_count.assign(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.numel());
+  }
   return r;
+}
+
+std::vector<PositionBucket> position_buckets(const EvalResult& r, const SplitSize& split, int count) {
+  check(count > 0, "position_buckets: count must be positive");
+  const int64_t T = static_cast<int64_t>(r.position_sum_nll.size());
+  std::vector<int64_t> edges{T};
+  for (int i = 1; i < count; ++i) {
+    const int64_t e = T >> i;
+    if (e <= 0 || e == edges.back()) break;
+    edges.push_back(e);
+  }
+  edges.push_back(0);
+  std::reverse(edges.begin(), edges.end());
+  const double bytes_per_target =
+      split.targets > 0 && split.bytes > 0 ? static_cast<double>(split.bytes) / static_cast<double>(split.targets) : 0.0;
+  std::vector<PositionBucket> out;
+  for (size_t b = 0; b + 1 < edges.size(); ++b) {
+    if (edges[b] == edges[b + 1]) continue;
+    PositionBucket bucket;
+    bucket.begin = edges[b];
+    bucket.end = edges[b + 1];
+    double nll = 0, n = 0;
+    for (int64_t p = bucket.begin; p < bucket.end; ++p) {
+      nll += r.position_sum_nll[p];
+      n += r.position_count[p];
+    }
+    bucket.tokens = static_cast<int64_t>(n);
+    bucket.bits_per_token = n > 0 ? nll / n / std::log(2.0) : 0.0;
+    bucket.bits_per_byte = bytes_per_target > 0 ? bucket.bits_per_token / bytes_per_target : 0.0;
+    out.push_back(bucket);
+  }
+  return out;
 }
 
 void add_bits_per_byte(EvalResult& r, const SplitSize& split) {

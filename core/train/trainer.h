@@ -49,7 +49,24 @@ struct EvalResult {
   double sum_nll = 0;     // summed NLL over them (nats)
   double bits_per_byte = 0;   // 0 until add_bits_per_byte()
   bool bits_per_byte_exact = false;
+  // Summed NLL and counted targets at each position of a row (length seq_len), when the objective
+  // reports per-position NLL: how well the model uses the context it has at that point.
+  std::vector<double> position_sum_nll, position_count;
 };
+
+// Loss over a range of positions [begin, end) of the rows.
+struct PositionBucket {
+  int64_t begin = 0, end = 0;
+  int64_t tokens = 0;
+  double bits_per_token = 0;
+  double bits_per_byte = 0;  // bits per token / the split's mean bytes per target
+};
+
+// Positions grouped into `count` buckets that double in width toward the end of the row:
+// [0, T/2^(n-1)), ..., [T/4, T/2), [T/2, T) (the first buckets merge when T is too short to split).
+// Bits per byte use the split's mean bytes per target: exact for the bytes adapter (one byte per
+// target, specials aside), an approximation for BPE, whose bytes per token vary little with position.
+std::vector<PositionBucket> position_buckets(const EvalResult& r, const SplitSize& split, int count = 5);
 
 // bits per byte = summed NLL / (ln 2 × UTF-8 bytes). Exact when the evaluation covered every target of
 // the split (r.tokens == split.targets); otherwise the mean per-token loss is scaled by the split's

@@ -15,6 +15,7 @@
 #include "core/train/runtime.h"
 #include "core/train/trainer.h"
 #include "core/train/weights.h"
+#include "eval/bench/bench_model.h"
 #include "objectives/lm.h"
 
 namespace tessera {
@@ -25,15 +26,20 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   const bool bf16 = use_bf16(o.precision, device);
   seed_everything(o.seed);
 
-  DenseConfig config;
-  config.dim = o.dim;
-  config.n_layers = o.n_layers;
-  config.n_heads = o.n_heads;
-  config.n_kv_heads = o.n_kv_heads;
-  config.vocab_size = o.vocab_size;
-  config.max_seq_len = o.seq_len;
-  config.tie_embeddings = o.tie_embeddings;
-  auto model = std::make_shared<DenseModel>(config);
+  std::shared_ptr<LanguageModel> model;
+  if (!o.model.empty()) {
+    model = bench_model(o.model, o.vocab_size, o.seq_len);
+  } else {
+    DenseConfig config;
+    config.dim = o.dim;
+    config.n_layers = o.n_layers;
+    config.n_heads = o.n_heads;
+    config.n_kv_heads = o.n_kv_heads;
+    config.vocab_size = o.vocab_size;
+    config.max_seq_len = o.seq_len;
+    config.tie_embeddings = o.tie_embeddings;
+    model = std::make_shared<DenseModel>(config);
+  }
   model->to(device);
   model->train();
   LMObjective objective;
@@ -131,6 +137,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
 
   TrainBenchResult r;
   r.json = {{"impl", "tessera"},
+            {"arch", model->arch()},
             {"device", device_description(device)},
             {"precision", bf16 ? "bf16-autocast" : "fp32"},
             {"dim", o.dim},
@@ -153,12 +160,14 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
             {"first_loss", first_loss},
             {"last_loss", last_loss}};
   if (!kernels.empty()) r.json["kernels"] = kernels;
+  if (!o.model.empty()) r.json["model"] = YAML::Dump(model->config_yaml());
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "dense %s params, B=%ld T=%ld on %s (%s)\n"
+                "%s %s params, B=%ld T=%ld on %s (%s)\n"
                 "  step %.2f ms (median of %ld; min %.2f, max %.2f)\n"
                 "  %s tokens/s, %.1f TFLOP/s, peak memory %.2f GB\n",
-                format_count(static_cast<double>(model->parameter_count())).c_str(), (long)o.batch_size,
+                model->arch().c_str(), format_count(static_cast<double>(model->parameter_count())).c_str(),
+                (long)o.batch_size,
                 (long)o.seq_len, device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", median_ms,
                 (long)o.steps, sorted.front(), sorted.back(), format_count(tokens / (median_ms / 1e3)).c_str(), tflops,
                 peak_gb);

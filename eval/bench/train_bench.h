@@ -1,5 +1,6 @@
 // `tessera bench train`: times the trainer's real step (forward, backward, clip, fused AdamW) for a
-// dense model on random tokens, and reports step time, tokens/s, TFLOP/s and peak memory.
+// dense model (or any architecture given by `model`) on random tokens, and reports step time,
+// tokens/s, TFLOP/s and peak memory.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 namespace tessera {
 
 struct TrainBenchOptions {
+  std::string model;  // YAML model section or file (eval/bench/bench_model.h); "" = the dense fields below
   int64_t dim = 1024;
   int64_t n_layers = 12;
   int64_t n_heads = 16;

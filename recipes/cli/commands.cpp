@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "architectures/registry.h"
 #include "core/config.h"
@@ -19,7 +20,9 @@
 #include "core/sampling.h"
 #include "core/train/runtime.h"
 #include "core/train/trainer.h"
+#include "eval/bench/cema_bench.h"
 #include "eval/bench/data_bench.h"
+#include "eval/bench/generate_bench.h"
 #include "eval/bench/train_bench.h"
 #include "recipes/cli/recipe.h"
 
@@ -147,7 +150,15 @@ nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const 
   const int64_t batches = batches_override >= 0 ? batches_override : ckpt.recipe.eval.batches;
   EvalResult r = evaluate(*ckpt.model, *objective, *data.val, batches, device, bf16);
   add_bits_per_byte(r, data.val_size);
+  nlohmann::json by_position = nlohmann::json::array();
+  for (const PositionBucket& b : position_buckets(r, data.val_size))
+    by_position.push_back({{"begin", b.begin},
+                           {"end", b.end},
+                           {"tokens", b.tokens},
+                           {"bits_per_token", b.bits_per_token},
+                           {"bits_per_byte", b.bits_per_byte}});
   return {{"checkpoint", ckpt.dir.string()},   {"step", ckpt.state.at("step")},
+          {"by_position", by_position},
           {"dataset", dir.string()},           {"loss", r.loss},
           {"perplexity", r.perplexity},        {"bits_per_token", r.bits_per_token},
           {"bits_per_byte", r.bits_per_byte},  {"bits_per_byte_exact", r.bits_per_byte_exact},
@@ -160,6 +171,13 @@ void print_eval(const nlohmann::json& ev) {
               ev.at("loss").get<double>(), ev.at("perplexity").get<double>(), ev.at("bits_per_token").get<double>(),
               ev.at("bits_per_byte").get<double>(), ev.value("bits_per_byte_exact", false) ? "" : " (estimated)",
               format_count(ev.at("tokens").get<double>()).c_str(), format_count(ev.value("bytes", 0.0)).c_str());
+  if (ev.contains("by_position") && !ev.at("by_position").empty()) {
+    std::printf("bits/byte by position in the context:");
+    for (const auto& b : ev.at("by_position"))
+      std::printf(" [%ld,%ld) %.3f", (long)b.at("begin").get<int64_t>(), (long)b.at("end").get<int64_t>(),
+                  b.at("bits_per_byte").get<double>());
+    std::printf("\n");
+  }
 }
 
 nlohmann::json generate_stage(const fs::path& path, const GenerateConfig& g, const std::string& device_name) {
@@ -251,7 +269,7 @@ nlohmann::json run_stages(const LoadedRecipe& recipe, bool& interrupted) {
   // Stage 2: evaluate on the whole validation split (exact bits per byte).
   const fs::path eval_path = recipe.run_dir / "eval.json";
   auto ev = read_json_if_exists(eval_path);
-  if (ev && ev->value("step", int64_t{-1}) == step && ev->contains("bits_per_byte")) {
+  if (ev && ev->value("step", int64_t{-1}) == step && ev->contains("bits_per_byte") && ev->contains("by_position")) {
     std::printf("== eval: done (%s)\n", eval_path.string().c_str());
   } else {
     std::printf("== eval\n");
@@ -331,23 +349,16 @@ std::vector<nlohmann::json> read_metrics(const fs::path& path) {
 void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& arms) {
   fs::create_directories(dir);
   std::string table =
-      "| variant | adapter | vocab | parameters | steps | tokens | train FLOPs | bytes/token | val bpb | val ppl/token |\n"
-      "|---|---|---|---|---|---|---|---|---|---|\n";
+      "| variant | adapter | vocab | parameters | steps | tokens | train FLOPs | bytes/token | val bpb | val ppl/token "
+      "| best val bpb (at FLOPs) |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n";
   PlotSpec plot;
   plot.title = "validation bits per byte vs training FLOPs";
   plot.x_label = "training FLOPs";
   plot.y_label = "bits per byte";
   plot.log_x = true;
   for (const auto& a : arms) {
-    char row[512];
     const std::string label = a.value("variant", a.at("name").get<std::string>());
-    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.2f | %.4f | %.3f |\n", label.c_str(), a.at("adapter").get<std::string>().c_str(),
-                  (long)a.at("vocab_size").get<int64_t>(),
-                  format_count(a.at("parameters").get<double>()).c_str(), (long)a.at("steps").get<int64_t>(),
-                  format_count(a.at("tokens").get<double>()).c_str(), a.at("train_flops").get<double>(),
-                  a.at("train_bytes_per_token").get<double>(), a.at("eval").at("bits_per_byte").get<double>(),
-                  a.at("eval").at("perplexity").get<double>());
-    table += row;
     PlotSeries val, train;
     val.name = label + " (validation)";
     val.style = "line+points";
@@ -367,11 +378,72 @@ void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& ar
         train.y.push_back(ema);
       }
     }
+    // The best evaluation on the way: with a small corpus and many epochs the last one may be past
+    // the point where the model starts to memorise.
+    double best = a.at("eval").at("bits_per_byte").get<double>(), best_flops = a.at("train_flops").get<double>();
+    for (size_t i = 0; i < val.y.size(); ++i)
+      if (val.y[i] < best) {
+        best = val.y[i];
+        best_flops = val.x[i];
+      }
+    char row[600];
+    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.2f | %.4f | %.3f | %.4f (%.2g) |\n",
+                  label.c_str(), a.at("adapter").get<std::string>().c_str(), (long)a.at("vocab_size").get<int64_t>(),
+                  format_count(a.at("parameters").get<double>()).c_str(), (long)a.at("steps").get<int64_t>(),
+                  format_count(a.at("tokens").get<double>()).c_str(), a.at("train_flops").get<double>(),
+                  a.at("train_bytes_per_token").get<double>(), a.at("eval").at("bits_per_byte").get<double>(),
+                  a.at("eval").at("perplexity").get<double>(), best, best_flops);
+    table += row;
     // Same colour for a variant's two curves.
     val.auto_color = train.auto_color = false;
     val.color = train.color = plot_color(plot.series.size() / 2);
     plot.series.push_back(val);
     plot.series.push_back(train);
+  }
+  // Loss by position in the context (does a model use what lies further back?), when every arm has it
+  // over the same buckets.
+  std::string position_table;
+  PlotSpec position_plot;
+  position_plot.title = "validation bits per byte by position in the context";
+  position_plot.x_label = "position in the context (bucket centre)";
+  position_plot.y_label = "bits per byte";
+  position_plot.log_x = true;
+  const auto buckets_of = [](const nlohmann::json& a) {
+    return a.at("eval").value("by_position", nlohmann::json::array());
+  };
+  bool same_buckets = !arms.empty() && !buckets_of(arms[0]).empty();
+  for (const auto& a : arms) {
+    const nlohmann::json b = buckets_of(a);
+    same_buckets = same_buckets && b.size() == buckets_of(arms[0]).size();
+    for (size_t i = 0; same_buckets && i < b.size(); ++i)
+      same_buckets = b[i].at("begin") == buckets_of(arms[0])[i].at("begin") &&
+                     b[i].at("end") == buckets_of(arms[0])[i].at("end");
+  }
+  if (same_buckets && arms.size() > 1) {
+    position_table = "| variant |";
+    std::string rule = "|---|";
+    for (const auto& b : buckets_of(arms[0])) {
+      position_table += " [" + std::to_string(b.at("begin").get<int64_t>()) + ", " +
+                        std::to_string(b.at("end").get<int64_t>()) + ") |";
+      rule += "---|";
+    }
+    position_table += "\n" + rule + "\n";
+    for (const auto& a : arms) {
+      PlotSeries series;
+      series.name = a.value("variant", a.at("name").get<std::string>());
+      series.style = "line+points";
+      position_table += "| " + series.name + " |";
+      for (const auto& b : buckets_of(a)) {
+        char cell[32];
+        std::snprintf(cell, sizeof cell, " %.4f |", b.at("bits_per_byte").get<double>());
+        position_table += cell;
+        series.x.push_back(0.5 * (b.at("begin").get<double>() + b.at("end").get<double>()));
+        series.y.push_back(b.at("bits_per_byte").get<double>());
+      }
+      position_table += "\n";
+      position_plot.series.push_back(series);
+    }
+    table += "\nValidation bits per byte by position in the context:\n\n" + position_table;
   }
   std::printf("\n%s\n", table.c_str());
   for (const auto& a : arms)
@@ -380,7 +452,9 @@ void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& ar
   write_text(dir / "summary.md", table);
   write_text(dir / "summary.json", json_text(arms));
   write_plot_png(dir / "bpb_vs_flops.png", plot);
-  std::printf("\n== summary in %s: summary.md, summary.json, bpb_vs_flops.png\n", dir.string().c_str());
+  if (!position_table.empty()) write_plot_png(dir / "bpb_by_position.png", position_plot);
+  std::printf("\n== summary in %s: summary.md, summary.json, bpb_vs_flops.png%s\n", dir.string().c_str(),
+              position_table.empty() ? "" : ", bpb_by_position.png");
 }
 
 }  // namespace
@@ -597,21 +671,112 @@ int bench_data_command(const Args& args) {
   return 0;
 }
 
+namespace {
+
+std::vector<int64_t> parse_int_list(const std::string& text, const char* option) {
+  std::vector<int64_t> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(item, &used));
+      check(used == item.size(), "");
+    } catch (const std::exception&) {
+      throw UsageError(str("--", option, " takes comma-separated integers, got '", text, "'"));
+    }
+  }
+  return out;
+}
+
+int bench_generate_command(const Args& args) {
+  cxxopts::Options o("tessera bench generate",
+                     "Decoding after long contexts: prefill each context length in pieces, then decode tokens one "
+                     "at a time; reports prefill time, ms/token, the decoding state's memory and the peak.\n");
+  GenerateBenchOptions b;
+  o.add_options()("model", "model section as YAML or a recipe/YAML file (required)", cxxopts::value<std::string>())(
+      "vocab", "vocabulary (when the model leaves it 0)", cxxopts::value<int64_t>()->default_value(std::to_string(b.vocab_size)))(
+      "context", "comma-separated context lengths", cxxopts::value<std::string>()->default_value("4096,65536"))(
+      "prefill-chunk", "tokens per prefill call", cxxopts::value<int64_t>()->default_value(std::to_string(b.prefill_chunk)))(
+      "decode", "tokens decoded one at a time", cxxopts::value<int64_t>()->default_value(std::to_string(b.decode_tokens)))(
+      "batch", "sequences decoded together", cxxopts::value<int64_t>()->default_value("1"))(
+      "precision", "auto, fp32 or bf16", cxxopts::value<std::string>()->default_value("auto"))(
+      "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
+      "json", "write the result as JSON here", cxxopts::value<std::string>())("h,help", "show this help");
+  cxxopts::ParseResult r;
+  if (!parse(o, args, r)) return 0;
+  if (!r.count("model")) throw UsageError("bench generate needs --model (e.g. --model \"{arch: megalodon}\")");
+  b.model = r["model"].as<std::string>();
+  b.vocab_size = r["vocab"].as<int64_t>();
+  b.context_lengths = parse_int_list(r["context"].as<std::string>(), "context");
+  b.prefill_chunk = r["prefill-chunk"].as<int64_t>();
+  b.decode_tokens = r["decode"].as<int64_t>();
+  b.batch_size = r["batch"].as<int64_t>();
+  b.precision = r["precision"].as<std::string>();
+  b.device = r["device"].as<std::string>();
+  const GenerateBenchResult result = bench_generate(b);
+  std::printf("%s", result.summary.c_str());
+  if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(result.json));
+  return 0;
+}
+
+int bench_cema_command(const Args& args) {
+  cxxopts::Options o("tessera bench cema",
+                     "Megalodon's complex EMA three ways: FFT convolution, chunked scan (Toeplitz GEMMs), sequential "
+                     "recurrence; forward and forward+backward time and peak memory per length.\n");
+  CemaBenchOptions b;
+  o.add_options()("dim", "model width D", cxxopts::value<int64_t>()->default_value(std::to_string(b.dim)))(
+      "ndim", "EMA channels N per dimension", cxxopts::value<int64_t>()->default_value(std::to_string(b.ndim)))(
+      "batch", "batch size", cxxopts::value<int64_t>()->default_value(std::to_string(b.batch_size)))(
+      "seq", "comma-separated lengths", cxxopts::value<std::string>()->default_value("4096,32768"))(
+      "modes", "comma-separated: fft, scan, sequential", cxxopts::value<std::string>()->default_value("fft,scan"))(
+      "scan-chunk", "segment length of the chunked scan", cxxopts::value<int64_t>()->default_value(std::to_string(b.scan_chunk)))(
+      "warmup", "untimed runs", cxxopts::value<int64_t>()->default_value(std::to_string(b.warmup)))(
+      "steps", "timed runs", cxxopts::value<int64_t>()->default_value(std::to_string(b.steps)))(
+      "precision", "auto, fp32 or bf16 (inputs)", cxxopts::value<std::string>()->default_value("auto"))(
+      "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
+      "json", "write the result as JSON here", cxxopts::value<std::string>())("h,help", "show this help");
+  cxxopts::ParseResult r;
+  if (!parse(o, args, r)) return 0;
+  b.dim = r["dim"].as<int64_t>();
+  b.ndim = r["ndim"].as<int64_t>();
+  b.batch_size = r["batch"].as<int64_t>();
+  b.seq_lens = parse_int_list(r["seq"].as<std::string>(), "seq");
+  b.modes.clear();
+  std::stringstream modes(r["modes"].as<std::string>());
+  for (std::string m; std::getline(modes, m, ',');) b.modes.push_back(m);
+  b.scan_chunk = r["scan-chunk"].as<int64_t>();
+  b.warmup = r["warmup"].as<int64_t>();
+  b.steps = r["steps"].as<int64_t>();
+  b.precision = r["precision"].as<std::string>();
+  b.device = r["device"].as<std::string>();
+  const CemaBenchResult result = bench_cema(b);
+  std::printf("%s", result.summary.c_str());
+  if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(result.json));
+  return 0;
+}
+
+}  // namespace
+
 int bench_command(const Args& args) {
-  const std::string usage = "usage: tessera bench {train|data} [options]   (tessera bench train --help)";
+  const std::string usage = "usage: tessera bench {train|data|generate|cema} [options]   (tessera bench train --help)";
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::printf("%s\n  train   time the training step of a dense model (step ms, tokens/s, TFLOP/s, peak memory)\n"
-                "  data    loader throughput over a prepared dataset (rows/s, tokens/s, MB/s)\n",
+                "  data    loader throughput over a prepared dataset (rows/s, tokens/s, MB/s)\n"
+                "  generate  decoding state memory and speed after long contexts, any architecture\n"
+                "  cema    Megalodon's complex EMA: FFT vs chunked scan vs recurrence\n",
                 usage.c_str());
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "data") return bench_data_command(Args(args.begin() + 1, args.end()));
+  if (args[0] == "generate") return bench_generate_command(Args(args.begin() + 1, args.end()));
+  if (args[0] == "cema") return bench_cema_command(Args(args.begin() + 1, args.end()));
   if (args[0] != "train") throw UsageError(str("unknown benchmark '", args[0], "'; ", usage));
   cxxopts::Options o("tessera bench train",
-                     "Time the dense model's training step (forward, backward, clip, fused AdamW) on random "
-                     "tokens. Defaults: the 220M reference config.\n");
+                     "Time the training step (forward, backward, clip, fused AdamW) on random tokens. Defaults: "
+                     "the 220M dense reference config; --model times any architecture.\n");
   TrainBenchOptions b;
-  o.add_options()("dim", "model width", cxxopts::value<int64_t>()->default_value(std::to_string(b.dim)))(
+  o.add_options()("model", "a model section as YAML (\"{arch: megalodon, dim: 1024, ...}\") or a recipe/YAML file; "
+                  "replaces --dim/--layers/--heads/--kv-heads/--tie-embeddings", cxxopts::value<std::string>())("dim", "model width", cxxopts::value<int64_t>()->default_value(std::to_string(b.dim)))(
       "layers", "blocks", cxxopts::value<int64_t>()->default_value(std::to_string(b.n_layers)))(
       "heads", "heads", cxxopts::value<int64_t>()->default_value(std::to_string(b.n_heads)))(
       "kv-heads", "key/value heads (0: heads)", cxxopts::value<int64_t>()->default_value("0"))(
@@ -630,6 +795,12 @@ int bench_command(const Args& args) {
       "h,help", "show this help");
   cxxopts::ParseResult r;
   if (!parse(o, Args(args.begin() + 1, args.end()), r)) return 0;
+  if (r.count("model")) {
+    for (const char* dense_only : {"dim", "layers", "heads", "kv-heads", "tie-embeddings"})
+      if (r.count(dense_only))
+        throw UsageError(str("--", dense_only, " sets the default dense model; with --model put it in the model YAML"));
+    b.model = r["model"].as<std::string>();
+  }
   b.dim = r["dim"].as<int64_t>();
   b.n_layers = r["layers"].as<int64_t>();
   b.n_heads = r["heads"].as<int64_t>();

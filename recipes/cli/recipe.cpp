@@ -55,7 +55,15 @@ LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>
           names.empty() ? std::string(" (it has none)") : "; did you mean '" + config::closest_match(variant, names) + "'?");
     YAML::Node tree = YAML::Clone(root);
     tree.remove("variants");
-    if (chosen->set) merge_into(tree, chosen->set);
+    if (chosen->set) {
+      // A variant that names another architecture replaces the model section: merging the keys of
+      // two architectures' configs would only produce unknown-key errors.
+      const YAML::Node set_model = chosen->set["model"];
+      if (set_model && set_model.IsMap() && set_model["arch"] && tree["model"] && tree["model"]["arch"] &&
+          set_model["arch"].as<std::string>() != tree["model"]["arch"].as<std::string>())
+        tree["model"] = YAML::Clone(set_model);
+      merge_into(tree, chosen->set);
+    }
     const fs::path base_dir = base.run_dir.empty() ? fs::path("runs") / base.name : fs::path(base.run_dir);
     if (!(chosen->set && chosen->set["run_dir"])) tree["run_dir"] = (base_dir / variant).string();
     if (!(chosen->set && chosen->set["name"])) tree["name"] = base.name + "/" + variant;

@@ -56,6 +56,34 @@ TEST(BitsPerByte, HandComputedCases) {
   EXPECT_THROW(add_bits_per_byte(part, SplitSize{5, 0}), Error);
 }
 
+TEST(BitsPerByte, PositionBucketsDoubleTowardTheEndOfTheRow) {
+  EvalResult r;
+  // 16 positions; position p has NLL sum p * ln 2 over 2 targets (1 target at position 15).
+  for (int p = 0; p < 16; ++p) {
+    r.position_count.push_back(p == 15 ? 1.0 : 2.0);
+    r.position_sum_nll.push_back(p * std::log(2.0));
+  }
+  const auto buckets = position_buckets(r, SplitSize{31, 62}, 3);  // 2 bytes per target
+  ASSERT_EQ(buckets.size(), 3u);
+  const int64_t edges[4] = {0, 4, 8, 16};
+  for (int b = 0; b < 3; ++b) {
+    EXPECT_EQ(buckets[b].begin, edges[b]);
+    EXPECT_EQ(buckets[b].end, edges[b + 1]);
+  }
+  // [0, 4): bits (0+1+2+3) over 8 targets; [8, 16): bits 8+...+15 over 15 targets.
+  EXPECT_EQ(buckets[0].tokens, 8);
+  EXPECT_NEAR(buckets[0].bits_per_token, 6.0 / 8.0, 1e-12);
+  EXPECT_NEAR(buckets[0].bits_per_byte, 6.0 / 8.0 / 2.0, 1e-12);
+  EXPECT_EQ(buckets[2].tokens, 15);
+  EXPECT_NEAR(buckets[2].bits_per_token, 92.0 / 15.0, 1e-12);
+  // A row too short to split into 5 buckets keeps the distinct ones; no data gives none.
+  EvalResult tiny;
+  tiny.position_count = {1, 1, 1};
+  tiny.position_sum_nll = {0, 0, 0};
+  EXPECT_EQ(position_buckets(tiny, SplitSize{3, 3}, 5).size(), 2u);  // [0, 1), [1, 3)
+  EXPECT_TRUE(position_buckets(EvalResult{}, SplitSize{3, 3}).empty());
+}
+
 TEST(BitsPerByte, UniformModelGivesLog2VocabPerToken) {
   // 7 documents of byte ids (<bos>=1 ... <eos>=2), packed into rows that do not divide the stream.
   auto stream = std::make_shared<TokenStream>();

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "architectures/registry.h"
 #include "core/io/files.h"
 #include "core/error.h"
 #include "core/io/checkpoint.h"
@@ -313,6 +314,52 @@ TEST(Cli, BenchTrainRunsOnCpu) {
   EXPECT_NE(out.find("aten::mm"), std::string::npos) << out;
 }
 
+// The benchmarks for any architecture: the training step of a Megalodon given as YAML, its CEMA three
+// ways, and decoding after two context lengths (state memory is measured on CUDA only).
+TEST(Cli, BenchesTakeAnyArchitecture) {
+  TempDir dir;
+  const std::string mega = "{arch: megalodon, dim: 32, n_layers: 1, z_dim: 16, value_dim: 32, chunk_size: 16, "
+                           "norm_groups: 4, cema_ndim: 2}";
+  std::string out, err;
+  const fs::path train_json = dir.path() / "train.json";
+  ASSERT_EQ(cli({"bench", "train", "--model", mega, "--vocab", "64", "--batch", "2", "--seq", "40", "--warmup", "1",
+                 "--steps", "2", "--device", "cpu", "--json", train_json.string()},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("megalodon"), std::string::npos) << out;
+  const nlohmann::json t = nlohmann::json::parse(std::ifstream(train_json));
+  EXPECT_EQ(t.at("arch"), "megalodon");
+  EXPECT_GT(t.at("tokens_per_s").get<double>(), 0.0);
+  // --dim belongs to the default dense model: mixing it with --model is a usage error.
+  EXPECT_EQ(cli({"bench", "train", "--model", mega, "--dim", "64"}, &out, &err), 2);
+  EXPECT_NE(err.find("--dim"), std::string::npos) << err;
+
+  const fs::path cema_json = dir.path() / "cema.json";
+  ASSERT_EQ(cli({"bench", "cema", "--dim", "8", "--ndim", "2", "--batch", "1", "--seq", "33,64", "--modes",
+                 "fft,scan,sequential", "--scan-chunk", "8", "--warmup", "0", "--steps", "1", "--device", "cpu",
+                 "--json", cema_json.string()},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(cema_json)).at("rows").size(), 6u);
+  EXPECT_EQ(cli({"bench", "cema", "--modes", "fast"}, &out, &err), 1);
+  EXPECT_NE(err.find("unknown mode 'fast'"), std::string::npos) << err;
+
+  const fs::path gen_json = dir.path() / "gen.json";
+  ASSERT_EQ(cli({"bench", "generate", "--model", mega, "--vocab", "64", "--context", "20,50", "--prefill-chunk", "16",
+                 "--decode", "3", "--device", "cpu", "--json", gen_json.string()},
+                &out, &err),
+            0)
+      << err;
+  const nlohmann::json g = nlohmann::json::parse(std::ifstream(gen_json));
+  ASSERT_EQ(g.at("rows").size(), 2u);
+  EXPECT_EQ(g.at("rows")[1].at("context"), 50);
+  EXPECT_GT(g.at("rows")[1].at("decode_ms_per_token_median").get<double>(), 0.0);
+  EXPECT_EQ(cli({"bench", "generate", "--context", "20"}, &out, &err), 2);  // --model is required
+  EXPECT_EQ(cli({"bench", "generate", "--model", mega, "--context", "20,x"}, &out, &err), 2);
+}
+
 // The quickstart's shape on a smaller config: prepare (bytes and BPE) -> train at equal FLOPs -> exact
 // bits per byte -> samples -> comparison table and plot; the loss must clearly decrease.
 TEST(Cli, ComparisonRecipeRunsBothArmsAndWritesSummary) {
@@ -385,6 +432,81 @@ TEST(Cli, ComparisonRecipeRunsBothArmsAndWritesSummary) {
   EXPECT_NE(out.find("The meaning"), std::string::npos) << out;
   EXPECT_EQ(cli({"run", recipe.string(), "--variant", "bpf"}, &out, &err), 1);
   EXPECT_NE(err.find("did you mean 'bpe'"), std::string::npos) << err;
+}
+
+// Megalodon against dense in one comparison recipe: the variant that names another architecture
+// replaces the model section; both arms train at equal FLOPs, and the summary has bpb by position.
+TEST(Cli, MegalodonVersusDenseComparisonWithBitsPerBytePosition) {
+  TempDir dir;
+  const fs::path run = dir.path() / "mvd";
+  const std::string recipe_text =
+      "name: mvd\nrun_dir: " + run.string() + "\nseed: 5\n"
+      "model: {arch: dense, dim: 32, n_layers: 2, n_heads: 2, multiple_of: 16, max_seq_len: 64, tie_embeddings: true}\n"
+      "data: {dataset: " + (run / "data").string() + ", prepare: {corpus: {inputs: [assets/data/quickstart.txt], "
+      "max_documents: 300}, val_fraction: 0.1}, seq_len: 64, batch_size: 4, doc_mask: false}\n"
+      "train: {flops_budget: 1.0e10, lr: 3.0e-3, warmup_steps: 5, eval_every: 20, eval_batches: 0, log_every: 5, "
+      "device: cpu}\n"
+      "generate: {prompt: \"The \", max_new_tokens: 40, num_samples: 1, seed: 1}\n"
+      "variants:\n  - name: dense\n  - name: megalodon\n"
+      "    set: {model: {arch: megalodon, dim: 32, n_layers: 2, z_dim: 16, value_dim: 48, ffn_hidden_dim: 64, "
+      "cema_ndim: 4, chunk_size: 16, norm_groups: 4, tie_embeddings: true}}\n";
+  const fs::path recipe = write_recipe(dir, recipe_text);
+  std::string out, err;
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err << out;
+  for (const char* f : {"summary.md", "summary.json", "bpb_vs_flops.png", "bpb_by_position.png"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  EXPECT_NE(out.find("by position in the context"), std::string::npos) << out;
+  const nlohmann::json arms = nlohmann::json::parse(std::ifstream(run / "summary.json"));
+  ASSERT_EQ(arms.size(), 2u);
+  EXPECT_EQ(arms[1].at("name"), "mvd/megalodon");
+  double flops[2];
+  for (int a = 0; a < 2; ++a) {
+    const auto& ev = arms[a].at("eval");
+    flops[a] = arms[a].at("train_flops").get<double>();
+    // Buckets [0,4) [4,8) [8,16) [16,32) [32,64) cover every counted target; their token-weighted
+    // mean is the overall bits per token.
+    const auto& buckets = ev.at("by_position");
+    ASSERT_EQ(buckets.size(), 5u);
+    EXPECT_EQ(buckets[0].at("begin"), 0);
+    EXPECT_EQ(buckets[4].at("begin"), 32);
+    EXPECT_EQ(buckets[4].at("end"), 64);
+    double tokens = 0, bits = 0;
+    for (const auto& b : buckets) {
+      tokens += b.at("tokens").get<double>();
+      bits += b.at("bits_per_token").get<double>() * b.at("tokens").get<double>();
+    }
+    EXPECT_EQ(tokens, ev.at("tokens").get<double>());
+    // (The total is summed per batch in float32, the positions in float64: agreement to float32 rounding.)
+    EXPECT_NEAR(bits / tokens, ev.at("bits_per_token").get<double>(), 1e-6);
+    // Learned something: well below the uniform 8.0 bits per byte of 260 ids.
+    EXPECT_LT(ev.at("bits_per_byte").get<double>(), 5.0) << arms[a].at("name");
+    EXPECT_FALSE(arms[a].at("sample").get<std::string>().empty());
+  }
+  EXPECT_NEAR(flops[0] / flops[1], 1.0, 0.1);
+  // The Megalodon checkpoint evaluates and generates through the CLI.
+  ASSERT_EQ(cli({"eval", "bpb", (run / "megalodon").string()}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("bits/byte by position"), std::string::npos) << out;
+  ASSERT_EQ(cli({"generate", (run / "megalodon").string(), "--prompt", "Love", "--max-new-tokens", "40"}, &out, &err), 0)
+      << err;
+  EXPECT_NE(out.find("Love"), std::string::npos) << out;
+}
+
+// The shipped recipe resolves for both arms: nearly equal parameters, a context four chunks long.
+TEST(Cli, ShippedMegalodonRecipeMatchesParametersAndSpansSeveralChunks) {
+  const std::string file = std::string(TESSERA_SOURCE_DIR) + "/recipes/megalodon_vs_dense.yaml";
+  int64_t params[2];
+  int i = 0;
+  for (const char* variant : {"dense", "megalodon"}) {
+    const LoadedRecipe r = load_recipe(file, {}, variant);
+    ModelContext context;
+    context.vocab_size = 260;  // the bytes adapter's layout
+    const auto model = build_model(r.config.model, context);
+    EXPECT_EQ(model->arch(), variant);
+    params[i++] = model->parameter_count();
+    if (std::string(variant) == "megalodon")
+      EXPECT_EQ(r.config.data.seq_len, 4 * r.config.model["chunk_size"].as<int64_t>());
+  }
+  EXPECT_NEAR(static_cast<double>(params[1]) / static_cast<double>(params[0]), 1.0, 0.05);
 }
 
 TEST(Cli, PreparedDataErrorsNameTheFile) {

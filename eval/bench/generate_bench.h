@@ -1,0 +1,36 @@
+// `tessera bench generate`: the memory and speed of incremental generation after a long context, for
+// any architecture. For each context length the model's decoding state is filled by prefilling the
+// context in pieces (step() with prefill_chunk tokens at a time), then decode_tokens tokens are
+// generated one at a time (greedy). Reported per length: prefill time, decode ms/token, the memory the
+// decoding state holds (allocated after prefill minus before) and the peak during the whole run.
+// A KV-cache transformer's state grows with the context; Megalodon's (norm statistics, CEMA state,
+// one chunk of keys/values) does not.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace tessera {
+
+struct GenerateBenchOptions {
+  std::string model;  // YAML model section or file (see bench_model.h)
+  int64_t vocab_size = 32000;
+  std::vector<int64_t> context_lengths{4096, 65536};
+  int64_t prefill_chunk = 2048;
+  int64_t decode_tokens = 32;
+  int64_t batch_size = 1;
+  std::string precision = "auto";
+  std::string device = "auto";
+  uint64_t seed = 0;
+};
+
+struct GenerateBenchResult {
+  nlohmann::json json;
+  std::string summary;
+};
+
+GenerateBenchResult bench_generate(const GenerateBenchOptions& options);
+
+}  // namespace tessera
