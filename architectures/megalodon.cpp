@@ -198,11 +198,24 @@ at::Tensor MegalodonLayerImpl::forward_cached(const at::Tensor& x, const nn::Rot
   const int64_t t = x.size(1), offset = position % chunk_;
   check(offset + t <= chunk_, "Megalodon: a cached call may not cross a chunk boundary (offset ", offset, " + ", t,
         " > chunk ", chunk_, ")");
-  nn::TimestepNormOutput normed = timenorm->forward(x, &cache.norm);
-  cache.norm = normed.state;
-  nn::CEMAOutput ema = cema->forward(normed.y, cache.cema);
-  cache.cema = ema.state;
-  const Mixed mixed = mix(normed.y, ema.y);
+  // One token (generation): the recurrent forms, a few kernels each; generation is launch-bound.
+  at::Tensor xhat, xema;
+  if (t == 1) {
+    nn::TimestepNormOutput normed = timenorm->step(x.squeeze(1), cache.norm);
+    cache.norm = normed.state;
+    nn::CEMAOutput ema = cema->step(normed.y, cache.cema);
+    cache.cema = ema.state;
+    xhat = normed.y.unsqueeze(1);
+    xema = ema.y.unsqueeze(1);
+  } else {
+    nn::TimestepNormOutput normed = timenorm->forward(x, &cache.norm);
+    cache.norm = normed.state;
+    nn::CEMAOutput ema = cema->forward(normed.y, cache.cema);
+    cache.cema = ema.state;
+    xhat = normed.y;
+    xema = ema.y;
+  }
+  const Mixed mixed = mix(xhat, xema);
   if (offset == 0) cache.kv->reset();  // a new chunk: the previous chunk's keys are never seen again
   check(cache.kv->length() == offset, "Megalodon: KV cache holds ", cache.kv->length(), " positions at chunk offset ",
         offset);
@@ -320,9 +333,10 @@ at::Tensor MegalodonModel::step(const at::Tensor& tokens, DecodeState& base) {
     at::Tensor h = tok_embeddings->forward(tokens.narrow(1, done, seg));
     for (size_t i = 0; i < layers->size(); ++i)
       h = layers->ptr<MegalodonLayerImpl>(i)->forward_cached(h, *rope, state.position, state.layers[i]);
-    nn::TimestepNormOutput normed = norm->forward(h, &state.output_norm);
+    nn::TimestepNormOutput normed =
+        seg == 1 ? norm->step(h.squeeze(1), state.output_norm) : norm->forward(h, &state.output_norm);
     state.output_norm = normed.state;
-    logits.push_back(head(normed.y));
+    logits.push_back(head(seg == 1 ? normed.y.unsqueeze(1) : normed.y));
     state.position += seg;
     done += seg;
   }

@@ -133,10 +133,13 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
       mask = mask.logical_or(empty_rows);
     }
   }
-  if (q.is_cuda() && std::max(q.size(3), v.size(3)) > kFusedAttentionMaxHeadDim) {
+  if (q.is_cuda() && (std::max(q.size(3), v.size(3)) > kFusedAttentionMaxHeadDim ||
+                      (Tq <= kExplicitAttentionMaxQueries && Tq != Tk))) {
     // Head dims beyond the fused kernels' range (Megalodon's values are 2048 wide): SDPA would pick
     // a memory-efficient variant whose backward alone took 46% of a Megalodon step on an H100;
-    // two GEMMs and a softmax are several times faster at these widths.
+    // two GEMMs and a softmax are several times faster at these widths. Decoding (a few queries
+    // against a cache): SDPA picks cuDNN on an H100, which builds an execution plan for every new
+    // key length, 3.4 ms of host time per layer and token (measured); the scores are tiny here.
     torch::Tensor out = attention_explicit(q, k, v, spec, scale);
     if (empty_rows.defined()) out = out.masked_fill(empty_rows, 0.0);
     return out;

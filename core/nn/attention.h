@@ -46,6 +46,9 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 // head dims up to 256, and beyond that SDPA's remaining kernels are slow (measured in
 // eval/bench/RESULTS.md, Megalodon section).
 inline constexpr int64_t kFusedAttentionMaxHeadDim = 256;
+// Queries at most this many against a longer key sequence (decoding) also go through
+// attention_explicit on CUDA.
+inline constexpr int64_t kExplicitAttentionMaxQueries = 16;
 
 // The same contract as attention(), computed as softmax(q k^T · scale + mask) v with two matmuls
 // and a float32 softmax, materialising [B, H, Tq, Tk] scores. attention() uses it on CUDA for head

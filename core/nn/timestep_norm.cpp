@@ -107,8 +107,12 @@ TimestepNormOutput TimestepNormImpl::forward(const at::Tensor& x, const Timestep
   // where (not multiply) so that garbage (inf/nan) in padded steps cannot leak into the sums.
   const at::Tensor zero = at::zeros({}, opt64);
   const at::Tensor d = at::where(valid3, m - K.unsqueeze(1), zero);
-  const at::Tensor s1 = d.cumsum(1);
-  const at::Tensor s2 = (at::where(valid3, v, zero) + d * d).cumsum(1);
+  // Cumulative sums over time with time innermost: CUDA's scan along an outer dimension runs one
+  // thread per (row, group) through all L steps (40 ms of a 370 ms Megalodon-200M step on an H100);
+  // the innermost-dimension scan parallelises within each row. Both sums in one call.
+  const at::Tensor both = at::stack({d, at::where(valid3, v, zero) + d * d}, 0);  // [2, B, L, G]
+  const at::Tensor sums = both.transpose(2, 3).contiguous().cumsum(-1).transpose(2, 3);
+  const at::Tensor s1 = sums[0], s2 = sums[1];
   const at::Tensor nc = valid.to(at::kDouble).cumsum(1).unsqueeze(-1);  // [B, L, 1]
   const at::Tensor nc_safe = nc.clamp_min(1);
   const at::Tensor a = s1 / nc_safe;                              // chunk mean - K
@@ -144,10 +148,31 @@ TimestepNormOutput TimestepNormImpl::step(const at::Tensor& x_t, const TimestepN
         dim, "], got ", x_t.defined() ? x_t.sizes() : at::IntArrayRef{});
   check(!padding_mask.defined() || (padding_mask.dim() == 1 && padding_mask.size(0) == x_t.size(0)),
         "TimestepNorm::step: padding_mask must be [", x_t.size(0), "]");
-  TimestepNormOutput out = forward(x_t.unsqueeze(1), state.defined() ? &state : nullptr,
-                                   padding_mask.defined() ? padding_mask.unsqueeze(1) : at::Tensor());
-  out.y = out.y.squeeze(1);
-  return out;
+  if (padding_mask.defined()) {
+    TimestepNormOutput out = forward(x_t.unsqueeze(1), state.defined() ? &state : nullptr, padding_mask.unsqueeze(1));
+    out.y = out.y.squeeze(1);
+    return out;
+  }
+  // One Welford merge (notes §1.3): a dozen kernels instead of the parallel path's cumulative sums,
+  // which matters when generation is launch-bound. Algebraically the same update as forward's merge
+  // of a one-step chunk.
+  const int64_t B = x_t.size(0), G = groups;
+  const TimestepNormState s = state.defined() ? state : initial_state(B, x_t.device());
+  check(s.count.dim() == 1 && s.count.size(0) == B && s.mean.sizes() == at::IntArrayRef({B, G}) &&
+            s.var.sizes() == at::IntArrayRef({B, G}),
+        "TimestepNorm::step: state must be count [", B, "], mean/var [", B, ", ", G, "]");
+  const at::ScalarType compute = x_t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor xf = x_t.to(compute).view({B, G, dim / G});
+  auto [v_step, m_step] = at::var_mean(xf, {-1}, /*unbiased=*/false, /*keepdim=*/false);
+  const at::Tensor m = m_step.to(at::kDouble), v = v_step.to(at::kDouble);  // [B, G]
+  const at::Tensor n = s.count.to(at::kDouble).unsqueeze(-1) + 1.0;       // [B, 1]
+  const at::Tensor c2 = n.reciprocal(), c1 = 1.0 - c2;
+  const at::Tensor delta = m - s.mean;
+  const at::Tensor mu = s.mean + c2 * delta;
+  const at::Tensor var = c1 * s.var + c2 * v + c1 * c2 * delta * delta;
+  const at::Tensor y = ((xf - mu.to(compute).unsqueeze(-1)) * (var + eps).rsqrt().to(compute).unsqueeze(-1))
+                           .view({B, dim}) * (weight.to(compute) + 1) + bias.to(compute);
+  return {y.to(x_t.scalar_type()), {s.count + 1, mu, var}};
 }
 
 }  // namespace tessera::nn

@@ -12,6 +12,7 @@
 #include "core/train/autocast.h"
 #include "core/train/runtime.h"
 #include "eval/bench/bench_model.h"
+#include "eval/bench/kernel_profile.h"
 
 namespace tessera {
 
@@ -24,12 +25,13 @@ GenerateBenchResult bench_generate(const GenerateBenchOptions& o) {
   const bool bf16 = use_bf16(o.precision, device);
   seed_everything(o.seed);
   const int64_t longest = *std::max_element(o.context_lengths.begin(), o.context_lengths.end());
-  auto model = bench_model(o.model, o.vocab_size, longest + o.decode_tokens);
+  auto model = bench_model(o.model, o.vocab_size, longest + o.decode_tokens + std::max<int64_t>(0, o.profile_tokens));
   model->to(device);
   model->eval();
   const int64_t V = model->vocab_size();
 
   GenerateBenchResult r;
+  KernelProfile profile;
   nlohmann::json rows = nlohmann::json::array();
   char line[400];
   std::snprintf(line, sizeof line, "%s %s params, batch %ld on %s (%s); prefill in pieces of %ld, then %ld decode steps\n",
@@ -44,7 +46,7 @@ GenerateBenchResult bench_generate(const GenerateBenchOptions& o) {
     synchronize(device);
     reset_peak_memory(device);
     const double before = current_memory_gb(device);
-    auto state = model->start_decoding(o.batch_size, n + o.decode_tokens);
+    auto state = model->start_decoding(o.batch_size, n + o.decode_tokens + std::max<int64_t>(0, o.profile_tokens));
     const at::Tensor context = at::randint(V, {o.batch_size, n}, at::TensorOptions().dtype(at::kLong).device(device));
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor logits;
@@ -62,6 +64,11 @@ GenerateBenchResult bench_generate(const GenerateBenchOptions& o) {
       next = model->step(next, *state).select(1, -1).argmax(-1, /*keepdim=*/true);
       synchronize(device);
       step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count());
+    }
+    if (o.profile_tokens > 0 && n == o.context_lengths.back()) {
+      profile = profile_kernels(device, o.profile_tokens, [&] {
+        next = model->step(next, *state).select(1, -1).argmax(-1, /*keepdim=*/true);
+      }, "", "token");
     }
     std::sort(step_ms.begin(), step_ms.end());
     const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
@@ -88,6 +95,10 @@ GenerateBenchResult bench_generate(const GenerateBenchOptions& o) {
             {"decode_tokens", o.decode_tokens},
             {"rows", rows}};
   if (!device.is_cuda()) r.summary += "  (memory columns are measured on CUDA only)\n";
+  if (!profile.kernels.empty()) {
+    r.json["kernels"] = profile.kernels;
+    r.summary += profile.table;
+  }
   return r;
 }
 

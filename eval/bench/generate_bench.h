@@ -24,6 +24,7 @@ struct GenerateBenchOptions {
   std::string precision = "auto";
   std::string device = "auto";
   uint64_t seed = 0;
+  int64_t profile_tokens = 0;  // > 0: after the last context, profile this many decode steps per kernel
 };
 
 struct GenerateBenchResult {

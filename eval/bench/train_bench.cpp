@@ -1,7 +1,6 @@
 #include "eval/bench/train_bench.h"
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,6 +15,7 @@
 #include "core/train/trainer.h"
 #include "core/train/weights.h"
 #include "eval/bench/bench_model.h"
+#include "eval/bench/kernel_profile.h"
 #include "objectives/lm.h"
 
 namespace tessera {
@@ -76,55 +76,13 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
     if (s == 0) first_loss = loss;
     last_loss = loss;
   }
-  nlohmann::json kernels = nlohmann::json::array();
-  std::string kernel_table;
+  KernelProfile profile;
   if (o.profile_steps > 0) {
-    // Where the time goes: Kineto (the profiler behind torch.profiler) over a few more steps; on CUDA the
-    // kernels' device time summed by name, on CPU the operators' inclusive time.
-    namespace prof = torch::autograd::profiler;
-    using torch::profiler::impl::ActivityType;
-    const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
-    std::set<ActivityType> activities{ActivityType::CPU};
-    if (device.is_cuda()) activities.insert(ActivityType::CUDA);
-    prof::prepareProfiler(config, activities);
-    prof::enableProfiler(config, activities);
-    for (int64_t s = 0; s < o.profile_steps; ++s) {
+    profile = profile_kernels(device, o.profile_steps, [&] {
       train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
       optimizer.step(1e-4);
       optimizer.zero_grad();
-    }
-    synchronize(device);
-    const auto result = prof::disableProfiler();
-    if (!o.trace.empty()) result->save(o.trace);
-    std::map<std::string, std::pair<double, int64_t>> by_name;  // total ms, calls
-    double total = 0;
-    for (const auto& e : result->events()) {
-      const bool on_device = e.deviceType() == c10::DeviceType::CUDA;
-      if (device.is_cuda() != on_device) continue;
-      const double ms = static_cast<double>(e.durationNs()) / 1e6 / static_cast<double>(o.profile_steps);
-      auto& slot = by_name[e.name()];
-      slot.first += ms;
-      slot.second += 1;
-      total += ms;
-    }
-    std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(), by_name.end());
-    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-    char line[320];
-    std::snprintf(line, sizeof line, "  %s per step (mean of %ld profiled steps):\n",
-                  device.is_cuda() ? "GPU kernel time" : "CPU operator time (inclusive)", (long)o.profile_steps);
-    kernel_table = line;
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& [name, v] = rows[i];
-      kernels.push_back({{"name", name}, {"ms_per_step", v.first}, {"calls_per_step", v.second / o.profile_steps},
-                         {"share", total > 0 ? v.first / total : 0.0}});
-      if (i < 25) {
-        std::snprintf(line, sizeof line, "  %8.3f ms %5.1f%% %5ld x  %.150s\n", v.first,
-                      total > 0 ? 100 * v.first / total : 0.0, (long)(v.second / o.profile_steps), name.c_str());
-        kernel_table += line;
-      }
-    }
-    std::snprintf(line, sizeof line, "  %8.3f ms in all\n", total);
-    kernel_table += line;
+    }, o.trace);
   }
 
   std::vector<double> sorted = times_ms;
@@ -159,7 +117,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
             {"warmup_steps", o.warmup},
             {"first_loss", first_loss},
             {"last_loss", last_loss}};
-  if (!kernels.empty()) r.json["kernels"] = kernels;
+  if (!profile.kernels.empty()) r.json["kernels"] = profile.kernels;
   if (!o.model.empty()) r.json["model"] = YAML::Dump(model->config_yaml());
   char buf[512];
   std::snprintf(buf, sizeof buf,
@@ -171,7 +129,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
                 (long)o.seq_len, device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", median_ms,
                 (long)o.steps, sorted.front(), sorted.back(), format_count(tokens / (median_ms / 1e3)).c_str(), tflops,
                 peak_gb);
-  r.summary = std::string(buf) + kernel_table;
+  r.summary = std::string(buf) + profile.table;
   return r;
 }
 

@@ -404,7 +404,7 @@ void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& ar
   // over the same buckets.
   std::string position_table;
   PlotSpec position_plot;
-  position_plot.title = "validation bits per byte by position in the context";
+  position_plot.title = "val bits per byte by position in context";
   position_plot.x_label = "position in the context (bucket centre)";
   position_plot.y_label = "bits per byte";
   position_plot.log_x = true;
@@ -699,6 +699,8 @@ int bench_generate_command(const Args& args) {
       "prefill-chunk", "tokens per prefill call", cxxopts::value<int64_t>()->default_value(std::to_string(b.prefill_chunk)))(
       "decode", "tokens decoded one at a time", cxxopts::value<int64_t>()->default_value(std::to_string(b.decode_tokens)))(
       "batch", "sequences decoded together", cxxopts::value<int64_t>()->default_value("1"))(
+      "profile", "after the last context, profile this many decode steps (GPU time per kernel)",
+      cxxopts::value<int64_t>()->default_value("0"))(
       "precision", "auto, fp32 or bf16", cxxopts::value<std::string>()->default_value("auto"))(
       "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
       "json", "write the result as JSON here", cxxopts::value<std::string>())("h,help", "show this help");
@@ -711,6 +713,7 @@ int bench_generate_command(const Args& args) {
   b.prefill_chunk = r["prefill-chunk"].as<int64_t>();
   b.decode_tokens = r["decode"].as<int64_t>();
   b.batch_size = r["batch"].as<int64_t>();
+  b.profile_tokens = r["profile"].as<int64_t>();
   b.precision = r["precision"].as<std::string>();
   b.device = r["device"].as<std::string>();
   const GenerateBenchResult result = bench_generate(b);
