@@ -323,6 +323,9 @@ at::Tensor BLTModel::entropies(const Batch& batch) {
   check(entropy_model_ != nullptr, "blt: patcher.mode is 'entropy' but no entropy model is attached; call "
         "BLTModel::set_entropy_model(), or pass patch lengths to forward_with_patches()");
   torch::NoGradGuard no_grad;
+  // Not a submodule (it is not trained or saved with BLT), so it follows the data to its device here.
+  const auto params = entropy_model_->parameters();
+  if (!params.empty() && params.front().device() != batch.tokens.device()) entropy_model_->to(batch.tokens.device());
   Batch b;
   b.tokens = batch.tokens;
   b.doc_ids = batch.doc_ids;
@@ -493,6 +496,8 @@ std::unique_ptr<DecodeState> BLTModel::start_decoding(int64_t batch_size, int64_
   if (patcher_.needs_entropies()) {
     check(entropy_model_ != nullptr, "blt: patcher.mode is 'entropy' but no entropy model is attached; call "
           "BLTModel::set_entropy_model() before start_decoding()");
+    const auto params = entropy_model_->parameters();
+    if (!params.empty() && params.front().device() != dev) entropy_model_->to(dev);
     s->entropy_state = entropy_model_->start_decoding(batch_size, max_len);
   }
   s->tokens = at::zeros({batch_size, max_len}, at::TensorOptions().dtype(at::kLong).device(dev));

@@ -128,6 +128,10 @@ struct BLTConfig {
     p.mode = "space";
     return p;
   }();
+  // Run dir or checkpoint of the entropy model for patcher.mode entropy (a dense byte LM such as
+  // recipes/blt/entropy_model.yaml trains). Attached by the recipe layer when the model is built; ""
+  // leaves it to set_entropy_model().
+  std::string entropy_model;
   int64_t vocab_size = 0;       // 0: from the data's layout (260 for bytes)
   int64_t max_seq_len = 8192;   // longest row in bytes (RoPE tables, KV caches); released 24576
   double rope_theta = 500000.0;
@@ -163,7 +167,9 @@ struct BLTConfig {
              "segments: per-patch encoder attention and k-way per-byte decoder attention; masked: the "
              "released dense-mask formulation (reference)");
     v.optional("hash", hash, "hash n-gram embeddings (ngram_sizes, num_hash_functions, vocab)");
-    v.optional("patcher", patcher, "patch boundaries (entropy mode needs set_entropy_model)");
+    v.optional("patcher", patcher, "patch boundaries (entropy mode needs entropy_model)");
+    v.optional("entropy_model", entropy_model,
+               "run dir or checkpoint of the entropy model for patcher.mode entropy (recipes/blt/entropy_model.yaml)");
     v.optional("vocab_size", vocab_size, "byte vocabulary size (0: from the data's layout)");
     v.optional("max_seq_len", max_seq_len, "longest sequence in bytes (RoPE tables, KV caches)");
     v.optional("rope_theta", rope_theta, "RoPE base of all three stacks (released 500000)");

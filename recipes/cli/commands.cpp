@@ -10,6 +10,8 @@
 #include <iostream>
 #include <sstream>
 
+#include "architectures/blt.h"
+#include "architectures/megabyte.h"
 #include "architectures/registry.h"
 #include "core/config.h"
 #include "core/error.h"
@@ -18,12 +20,14 @@
 #include "core/plot.h"
 #include "core/progress.h"
 #include "core/sampling.h"
+#include "core/train/autocast.h"
 #include "core/train/runtime.h"
 #include "core/train/trainer.h"
 #include "eval/bench/cema_bench.h"
 #include "eval/bench/data_bench.h"
 #include "eval/bench/generate_bench.h"
 #include "eval/bench/train_bench.h"
+#include "modalities/bytes/patching.h"
 #include "recipes/cli/recipe.h"
 
 namespace tessera::cli {
@@ -52,6 +56,8 @@ const std::vector<Verb>& verbs() {
       {"info", "describe a checkpoint, run directory or recipe; --arch NAME lists an architecture's keys",
        info_command},
       {"bench", "benchmarks: `tessera bench train` times the training step", bench_command},
+      {"patch", "BLT patching: `tessera patch calibrate` finds the entropy threshold for a mean patch size",
+       patch_command},
   };
   return table;
 }
@@ -150,6 +156,26 @@ nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const 
   const int64_t batches = batches_override >= 0 ? batches_override : ckpt.recipe.eval.batches;
   EvalResult r = evaluate(*ckpt.model, *objective, *data.val, batches, device, bf16);
   add_bits_per_byte(r, data.val_size);
+  // Bytes per patch: measured for BLT (its patcher over validation rows), the fixed P for MEGABYTE.
+  double bytes_per_patch = 0;
+  if (auto* blt = dynamic_cast<BLTModel*>(ckpt.model.get())) {
+    at::NoGradGuard no_grad;
+    AutocastGuard autocast(device.type(), bf16);
+    double bytes = 0, patches = 0;
+    data.val->reset();
+    for (int64_t b = 0; b < std::min<int64_t>(16, data.val->batches_per_epoch()); ++b) {
+      const Batch batch = data.val->next().to(device);
+      // Patches of the row itself (without the generation-time next byte), as calibration counts them.
+      const at::Tensor H = blt->patcher().needs_entropies() ? blt->entropies(batch) : at::Tensor();
+      const at::Tensor lengths = blt->patcher().patch(batch.tokens, H, /*include_next_token=*/false);
+      bytes += static_cast<double>(lengths.sum().item<int64_t>());
+      patches += static_cast<double>(lengths.gt(0).sum().item<int64_t>());
+    }
+    data.val->reset();
+    bytes_per_patch = patches > 0 ? bytes / patches : 0.0;
+  } else if (auto* megabyte = dynamic_cast<MegabyteModel*>(ckpt.model.get())) {
+    bytes_per_patch = static_cast<double>(megabyte->config().patch_size);
+  }
   nlohmann::json by_position = nlohmann::json::array();
   for (const PositionBucket& b : position_buckets(r, data.val_size))
     by_position.push_back({{"begin", b.begin},
@@ -158,7 +184,7 @@ nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const 
                            {"bits_per_token", b.bits_per_token},
                            {"bits_per_byte", b.bits_per_byte}});
   return {{"checkpoint", ckpt.dir.string()},   {"step", ckpt.state.at("step")},
-          {"by_position", by_position},
+          {"by_position", by_position},        {"bytes_per_patch", bytes_per_patch},
           {"dataset", dir.string()},           {"loss", r.loss},
           {"perplexity", r.perplexity},        {"bits_per_token", r.bits_per_token},
           {"bits_per_byte", r.bits_per_byte},  {"bits_per_byte_exact", r.bits_per_byte_exact},
@@ -269,7 +295,8 @@ nlohmann::json run_stages(const LoadedRecipe& recipe, bool& interrupted) {
   // Stage 2: evaluate on the whole validation split (exact bits per byte).
   const fs::path eval_path = recipe.run_dir / "eval.json";
   auto ev = read_json_if_exists(eval_path);
-  if (ev && ev->value("step", int64_t{-1}) == step && ev->contains("bits_per_byte") && ev->contains("by_position")) {
+  if (ev && ev->value("step", int64_t{-1}) == step && ev->contains("bits_per_byte") && ev->contains("by_position") &&
+      ev->contains("bytes_per_patch")) {
     std::printf("== eval: done (%s)\n", eval_path.string().c_str());
   } else {
     std::printf("== eval\n");
@@ -350,8 +377,8 @@ void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& ar
   fs::create_directories(dir);
   std::string table =
       "| variant | adapter | vocab | parameters | steps | tokens | train FLOPs | bytes/token | val bpb | val ppl/token "
-      "| best val bpb (at FLOPs) |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|\n";
+      "| best val bpb (at FLOPs) | bytes/patch |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   PlotSpec plot;
   plot.title = "validation bits per byte vs training FLOPs";
   plot.x_label = "training FLOPs";
@@ -387,12 +414,14 @@ void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& ar
         best_flops = val.x[i];
       }
     char row[600];
-    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.2f | %.4f | %.3f | %.4f (%.2g) |\n",
+    const double patch = a.at("eval").value("bytes_per_patch", 0.0);
+    const std::string patch_cell = patch > 0 ? str(std::round(patch * 100) / 100) : std::string("-");
+    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.2f | %.4f | %.3f | %.4f (%.2g) | %s |\n",
                   label.c_str(), a.at("adapter").get<std::string>().c_str(), (long)a.at("vocab_size").get<int64_t>(),
                   format_count(a.at("parameters").get<double>()).c_str(), (long)a.at("steps").get<int64_t>(),
                   format_count(a.at("tokens").get<double>()).c_str(), a.at("train_flops").get<double>(),
                   a.at("train_bytes_per_token").get<double>(), a.at("eval").at("bits_per_byte").get<double>(),
-                  a.at("eval").at("perplexity").get<double>(), best, best_flops);
+                  a.at("eval").at("perplexity").get<double>(), best, best_flops, patch_cell.c_str());
     table += row;
     // Same colour for a variant's two curves.
     val.auto_color = train.auto_color = false;
@@ -542,6 +571,97 @@ int prepare_command(const Args& args) {
     return 0;
   }
   for (const auto& name : names) prepare_recipe_data(load_recipe(base.file, overrides_of(r), name), r.count("force") > 0);
+  return 0;
+}
+
+int patch_command(const Args& args) {
+  const std::string usage =
+      "usage: tessera patch calibrate RECIPE.yaml [key=value ...] --target BYTES [--entropy-model RUN] "
+      "[--variant V] [--rows N] [--json F]";
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::printf("%s\n  calibrate  the entropy threshold that gives a target mean patch size (BLT, entropy "
+                "patching) on the recipe's validation rows\n",
+                usage.c_str());
+    return args.empty() ? 2 : 0;
+  }
+  if (args[0] != "calibrate") throw UsageError(str("unknown patch command '", args[0], "'; ", usage));
+  cxxopts::Options o("tessera patch calibrate",
+                     "Find the global entropy threshold that gives a target mean patch size: next-byte "
+                     "entropies from the entropy model over the recipe's validation rows, then the patcher's "
+                     "rule (the recipe's model.patcher when it is a BLT, else entropy/global). Prints the "
+                     "threshold to set as model.patcher.threshold.\n");
+  add_recipe_options(o);
+  o.add_options()("target", "mean patch size in bytes to aim for (BLT used 4.5)", cxxopts::value<double>())(
+      "entropy-model", "entropy model run dir or checkpoint (default: the recipe's model.entropy_model)",
+      cxxopts::value<std::string>())("variant", "take the model and data of this variant",
+                                     cxxopts::value<std::string>())(
+      "rows", "validation rows to use (0: all)", cxxopts::value<int64_t>()->default_value("64"))(
+      "json", "write the result as JSON here", cxxopts::value<std::string>());
+  cxxopts::ParseResult r;
+  if (!parse(o, Args(args.begin() + 1, args.end()), r)) return 0;
+  if (!r.count("target")) throw UsageError("patch calibrate needs --target (mean bytes per patch, e.g. 4.5)");
+  const LoadedRecipe recipe = r.count("variant")
+                                  ? load_recipe(positional(r, "recipe", o), overrides_of(r), r["variant"].as<std::string>())
+                                  : recipe_from(r, o);
+  const RecipeConfig& c = recipe.config;
+  blt::PatcherConfig patcher;
+  patcher.mode = "entropy";
+  std::string entropy_path;
+  if (c.model && c.model["arch"] && c.model["arch"].Scalar() == "blt") {
+    const BLTConfig blt_config = config::parse<BLTConfig>(c.model, "model", recipe.file);
+    patcher = blt_config.patcher;
+    patcher.mode = "entropy";
+    entropy_path = blt_config.entropy_model;
+  }
+  if (r.count("entropy-model")) entropy_path = r["entropy-model"].as<std::string>();
+  check(!entropy_path.empty(), "patch calibrate: no entropy model; pass --entropy-model RUN_DIR (train one with "
+        "tessera run recipes/blt/entropy_model.yaml) or set model.entropy_model in the recipe");
+  prepare_recipe_data(recipe, false, true);
+  DataConfig data_config = c.data;
+  data_config.prefetch = 0;
+  DataBundle data = make_data(data_config, dataset_dir(recipe), static_cast<uint64_t>(c.seed));
+  check(data.val != nullptr, "patch calibrate: dataset ", dataset_dir(recipe).string(), " has no validation rows");
+  LoadedCheckpoint entropy = load_trained(entropy_path);
+  require_same_layout(data.layout, entropy.layout, "entropy model " + entropy_path);
+  const c10::Device device = select_device(entropy.recipe.train.device);
+  const bool bf16 = use_bf16(entropy.recipe.train.precision, device);
+  entropy.model->to(device);
+  entropy.model->eval();
+  const int64_t want = r["rows"].as<int64_t>();
+  std::vector<at::Tensor> rows;
+  {
+    at::NoGradGuard no_grad;
+    data.val->reset();
+    for (int64_t b = 0; b < data.val->batches_per_epoch() && (want <= 0 || static_cast<int64_t>(rows.size()) < want); ++b) {
+      const Batch batch = data.val->next().to(device);
+      AutocastGuard autocast(device.type(), bf16);
+      const at::Tensor logp = at::log_softmax(entropy.model->forward(batch).logits.to(at::kFloat), -1);
+      const at::Tensor H = -(logp.exp() * logp).sum(-1).cpu();  // [B, T] nats
+      const at::Tensor full = batch.loss_mask.defined() ? std::get<0>(batch.loss_mask.cpu().to(at::kFloat).min(1))
+                                                        : at::ones({H.size(0)});
+      for (int64_t i = 0; i < H.size(0) && (want <= 0 || static_cast<int64_t>(rows.size()) < want); ++i)
+        if (full[i].item<float>() > 0) rows.push_back(H[i].contiguous());  // padded last rows are skipped
+    }
+  }
+  check(!rows.empty(), "patch calibrate: no complete validation row of ", c.data.seq_len, " tokens; lower data.seq_len");
+  const blt::ThresholdCalibration cal = blt::calibrate_threshold(patcher, rows, r["target"].as<double>());
+  std::printf("entropy model %s, %zu rows x %ld bytes, rule %s%s\n", entropy.dir.string().c_str(), rows.size(),
+              (long)c.data.seq_len, patcher.rule.c_str(),
+              patcher.max_patch_length > 0 ? str(", max patch length ", patcher.max_patch_length).c_str() : "");
+  std::printf("threshold %.6f nats -> mean patch size %.3f bytes (%ld patches over %ld bytes; reachable %.2f-%.2f)\n",
+              cal.threshold, cal.mean_patch_size, (long)cal.patches, (long)cal.bytes, cal.min_mean_patch_size,
+              cal.max_mean_patch_size);
+  std::printf("set it with: model.patcher.threshold=%.6f\n", cal.threshold);
+  if (r.count("json"))
+    write_text(r["json"].as<std::string>(),
+               json_text({{"threshold", cal.threshold},
+                          {"mean_patch_size", cal.mean_patch_size},
+                          {"target", r["target"].as<double>()},
+                          {"patches", cal.patches},
+                          {"bytes", cal.bytes},
+                          {"rows", rows.size()},
+                          {"rule", patcher.rule},
+                          {"entropy_model", entropy.dir.string()}}));
   return 0;
 }
 

@@ -16,6 +16,7 @@ int eval_command(const Args& args);
 int generate_command(const Args& args);
 int info_command(const Args& args);
 int bench_command(const Args& args);
+int patch_command(const Args& args);
 
 // Dispatches `tessera VERB ...`; prints errors (with a hint) and returns the exit code:
 // 0 success, 1 a failure the message explains, 2 a usage error.

@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "architectures/blt.h"
 #include "architectures/registry.h"
 #include "core/data/packer.h"
 #include "core/data/shard.h"
@@ -79,6 +80,11 @@ LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>
   // Checkpoints record the resolved recipe; absolute data paths keep them usable from anywhere.
   const fs::path recipe_dir = fs::path(file).parent_path();
   c.data.dataset = absolute_of(c.data.dataset.empty() ? out.run_dir / "data" : fs::path(c.data.dataset)).string();
+  // Likewise a BLT's entropy model (a run directory), so that its checkpoints find it from anywhere.
+  if (c.model && c.model.IsMap() && c.model["entropy_model"] && c.model["entropy_model"].IsScalar()) {
+    const std::string p = c.model["entropy_model"].Scalar();
+    if (!p.empty()) c.model["entropy_model"] = absolute_of(p).string();
+  }
   for (auto& input : c.data.prepare.corpus.inputs) {
     if (input.rfind("debian:", 0) == 0 || fs::path(input).is_absolute()) continue;
     if (fs::exists(input)) input = absolute_of(input).string();
@@ -149,7 +155,20 @@ std::shared_ptr<LanguageModel> make_model(const RecipeConfig& recipe, const std:
   auto model = build_model(recipe.model, context);
   check(model->vocab_size() >= layout.size(), "model.vocab_size (", model->vocab_size(),
         ") is smaller than the data's vocabulary (", layout.describe(), ")");
+  attach_entropy_model(*model, layout);
   return model;
+}
+
+void attach_entropy_model(LanguageModel& model, const VocabLayout& layout) {
+  auto* blt = dynamic_cast<BLTModel*>(&model);
+  if (blt == nullptr || blt->config().entropy_model.empty()) return;
+  const fs::path path = blt->config().entropy_model;
+  check(fs::exists(path), "model.entropy_model: ", path.string(), " does not exist; train the entropy model "
+        "first (tessera run recipes/blt/entropy_model.yaml) or point model.entropy_model at its run directory");
+  LoadedCheckpoint entropy = load_trained(path);
+  require_same_layout(layout, entropy.layout, "model.entropy_model " + path.string());
+  entropy.model->eval();
+  blt->set_entropy_model(entropy.model);
 }
 
 std::shared_ptr<Objective> make_objective(const std::string& name) {
@@ -227,6 +246,7 @@ LoadedCheckpoint load_trained(const fs::path& path) {
   std::map<std::string, at::Tensor> tensors;
   for (const auto& [name, t] : contents.model) tensors.emplace(name, t);
   load_parameters(*out.model, tensors, (out.dir / "model.safetensors").string());
+  attach_entropy_model(*out.model, out.layout);
   const nlohmann::json adapters = out.state.value("adapters", nlohmann::json::array());
   check(adapters.is_array() && adapters.size() == 1, out.dir.string(),
         "/state.json names no text adapter (\"adapters\"); it was written by an older Tessera: retrain");

@@ -140,6 +140,10 @@ DataBundle make_data(const DataConfig& config, const std::filesystem::path& dir,
 
 std::shared_ptr<LanguageModel> make_model(const RecipeConfig& recipe, const std::string& file,
                                           const VocabLayout& layout);
+// A BLT model whose config names an entropy_model gets it loaded (from its run dir or checkpoint) and
+// attached; other models are left alone. The entropy model must share the data's vocabulary layout.
+void attach_entropy_model(LanguageModel& model, const VocabLayout& layout);
+
 std::shared_ptr<Objective> make_objective(const std::string& name);
 
 // Optimizer steps that spend train.flops_budget with this model and batch shape.

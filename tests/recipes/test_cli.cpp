@@ -491,6 +491,93 @@ TEST(Cli, MegalodonVersusDenseComparisonWithBitsPerBytePosition) {
   EXPECT_NE(out.find("Love"), std::string::npos) << out;
 }
 
+// The BLT-vs-BPE comparison on a tiny scale: an entropy model first, then dense (BPE and bytes),
+// MEGABYTE, BLT with space and with entropy patching at equal FLOPs; every arm's validation loss falls,
+// the summary reports bytes per patch, and `patch calibrate` finds a threshold for a target patch size.
+TEST(Cli, BltVersusBpeComparisonAndPatchCalibration) {
+  TempDir dir;
+  const fs::path bytes_data = dir.path() / "bytes_data";
+  const std::string data = "data: {dataset: " + bytes_data.string() + ", prepare: {corpus: {inputs: "
+                           "[assets/data/quickstart.txt], max_documents: 300}, val_fraction: 0.1}, seq_len: 64, "
+                           "batch_size: 4, doc_mask: false}\n";
+  const std::string train = "train: {flops_budget: %s, lr: 3.0e-3, warmup_steps: 5, eval_every: 15, eval_batches: 0, "
+                            "log_every: 5, device: cpu}\n";
+  auto with_budget = [&](const char* budget) {
+    std::string t = train;
+    t.replace(t.find("%s"), 2, budget);
+    return t;
+  };
+  const fs::path entropy_run = dir.path() / "entropy";
+  const fs::path entropy_recipe = dir.path() / "entropy.yaml";
+  std::ofstream(entropy_recipe) << "name: ent\nrun_dir: " << entropy_run.string() << "\nseed: 2\n"
+                                << "model: {arch: dense, dim: 32, n_layers: 1, n_heads: 2, multiple_of: 16, "
+                                   "max_seq_len: 64, sliding_window: 32, tie_embeddings: true}\n"
+                                << data << with_budget("2.0e9")
+                                << "generate: {prompt: \"The \", max_new_tokens: 8, num_samples: 1, seed: 1}\n";
+  std::string out, err;
+  ASSERT_EQ(cli({"run", entropy_recipe.string()}, &out, &err), 0) << err << out;
+
+  const std::string blt = "{arch: blt, dim_local_encoder: 32, n_layers_local_encoder: 1, n_heads_local_encoder: 2, "
+                          "dim_global: 64, n_layers_global: 1, n_heads_global: 2, dim_local_decoder: 32, "
+                          "n_layers_local_decoder: 1, n_heads_local_decoder: 2, cross_attn_k: 2, cross_attn_nheads: 2, "
+                          "multiple_of: 16, max_seq_len: 64, local_attention_window_len: 32, hash: {vocab: 101}, ";
+  const fs::path run = dir.path() / "bvb";
+  const fs::path recipe = dir.path() / "bvb.yaml";
+  std::ofstream(recipe)
+      << "name: bvb\nrun_dir: " << run.string() << "\nseed: 4\n"
+      << "model: {arch: dense, dim: 32, n_layers: 2, n_heads: 2, multiple_of: 16, max_seq_len: 64, tie_embeddings: true}\n"
+      << data << with_budget("6.0e9")
+      << "generate: {prompt: \"The \", max_new_tokens: 12, num_samples: 1, seed: 1}\n"
+      << "variants:\n"
+      << "  - name: dense_bpe\n    set: {data: {dataset: " << (dir.path() / "bpe_data").string()
+      << ", prepare: {adapter: bpe, bpe: {vocab_size: 512, threads: 1}}, seq_len: 32}}\n"
+      << "  - name: dense_bytes\n"
+      << "  - name: megabyte_p4\n    set: {model: {arch: megabyte, patch_size: 4, global_dim: 64, global_layers: 1, "
+         "global_heads: 2, local_dim: 32, local_layers: 1, local_heads: 2, multiple_of: 16, max_seq_len: 64}}\n"
+      << "  - name: blt_space\n    set: {model: " << blt << "patcher: {mode: space}}}\n"
+      << "  - name: blt_entropy\n    set: {model: " << blt
+      << "patcher: {mode: entropy, threshold: 2.5}, entropy_model: " << entropy_run.string() << "}}\n";
+  ASSERT_EQ(cli({"run", recipe.string()}, &out, &err), 0) << err << out;
+  EXPECT_NE(out.find("bytes/patch"), std::string::npos) << out;
+  const nlohmann::json arms = nlohmann::json::parse(std::ifstream(run / "summary.json"));
+  ASSERT_EQ(arms.size(), 5u);
+  for (const auto& arm : arms) {
+    std::vector<double> curve;
+    std::ifstream metrics(fs::path(arm.at("run_dir").get<std::string>()) / "metrics.jsonl");
+    for (std::string line; std::getline(metrics, line);) {
+      const auto m = nlohmann::json::parse(line);
+      if (m.contains("val_bpb")) curve.push_back(m["val_bpb"].get<double>());
+    }
+    ASSERT_GE(curve.size(), 2u) << arm.at("name");
+    EXPECT_LT(curve.back(), 0.8 * curve.front()) << arm.at("name");
+  }
+  const double megabyte_patch = arms[2].at("eval").at("bytes_per_patch").get<double>();
+  const double space_patch = arms[3].at("eval").at("bytes_per_patch").get<double>();
+  const double entropy_patch = arms[4].at("eval").at("bytes_per_patch").get<double>();
+  EXPECT_EQ(megabyte_patch, 4.0);
+  EXPECT_GT(space_patch, 1.5);   // English words and their spaces
+  EXPECT_LT(space_patch, 10.0);
+  EXPECT_GE(entropy_patch, 1.0);
+  EXPECT_LT(entropy_patch, 64.0);
+  EXPECT_EQ(arms[1].at("eval").at("bytes_per_patch").get<double>(), 0.0);  // dense: no patches
+
+  // Calibration: the threshold for a mean patch of 3 bytes on the validation rows.
+  const fs::path cal = dir.path() / "cal.json";
+  ASSERT_EQ(cli({"patch", "calibrate", recipe.string(), "--variant", "blt_entropy", "--target", "3", "--json",
+                 cal.string()},
+                &out, &err),
+            0)
+      << err << out;
+  EXPECT_NE(out.find("model.patcher.threshold="), std::string::npos) << out;
+  const nlohmann::json c = nlohmann::json::parse(std::ifstream(cal));
+  EXPECT_NEAR(c.at("mean_patch_size").get<double>(), 3.0, 0.3);
+  EXPECT_GT(c.at("threshold").get<double>(), 0.0);
+  // Without an entropy model there is nothing to calibrate with.
+  EXPECT_EQ(cli({"patch", "calibrate", recipe.string(), "--variant", "blt_space", "--target", "3"}, &out, &err), 1);
+  EXPECT_NE(err.find("no entropy model"), std::string::npos) << err;
+  EXPECT_EQ(cli({"patch", "calibrate", recipe.string()}, &out, &err), 2);  // --target missing
+}
+
 // The shipped recipe resolves for both arms: nearly equal parameters, a context four chunks long.
 TEST(Cli, ShippedMegalodonRecipeMatchesParametersAndSpansSeveralChunks) {
   const std::string file = std::string(TESSERA_SOURCE_DIR) + "/recipes/megalodon_vs_dense.yaml";
