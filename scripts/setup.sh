@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Tessera needs on a Debian machine, idempotently: a second run installs nothing.
-#  * apt packages (compiler, CMake, Ninja, yaml-cpp, cxxopts, nlohmann-json, GoogleTest, ...);
+#  * apt packages (compiler, CMake, Ninja, yaml-cpp, cxxopts, nlohmann-json, GoogleTest, OpenCV, ...);
 #  * LibTorch 2.11.0: the torch wheel's bundled LibTorch (plus the CUDA runtime/CUPTI wheels its CPU
 #    library references) into ${TESSERA_CACHE:-$HOME/.cache/tessera}, outside the checkout.
 # Set TESSERA_LIBTORCH to any LibTorch root (e.g. .../site-packages/torch) to skip the download.
@@ -14,7 +14,8 @@ log() { echo "[setup] $*" >&2; }
 # ---- apt ---------------------------------------------------------------------------------------------
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config ccache python3 python3-pip
               libyaml-cpp-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev
-              libsentencepiece-dev zlib1g-dev fortunes)
+              libsentencepiece-dev zlib1g-dev fortunes
+              libopencv-dev dataset-fashion-mnist)  # image I/O (core/imgproc/imgcodecs used); a small real image set
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
