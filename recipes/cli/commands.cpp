@@ -637,10 +637,11 @@ int patch_command(const Args& args) {
       AutocastGuard autocast(device.type(), bf16);
       const at::Tensor logp = at::log_softmax(entropy.model->forward(batch).logits.to(at::kFloat), -1);
       const at::Tensor H = -(logp.exp() * logp).sum(-1).cpu();  // [B, T] nats
-      const at::Tensor full = batch.loss_mask.defined() ? std::get<0>(batch.loss_mask.cpu().to(at::kFloat).min(1))
+      // The split's last row is padded at its end (masked targets there); every other row is whole.
+      const at::Tensor full = batch.loss_mask.defined() ? batch.loss_mask.select(1, -1).cpu().to(at::kFloat)
                                                         : at::ones({H.size(0)});
       for (int64_t i = 0; i < H.size(0) && (want <= 0 || static_cast<int64_t>(rows.size()) < want); ++i)
-        if (full[i].item<float>() > 0) rows.push_back(H[i].contiguous());  // padded last rows are skipped
+        if (full[i].item<float>() > 0) rows.push_back(H[i].contiguous());
     }
   }
   check(!rows.empty(), "patch calibrate: no complete validation row of ", c.data.seq_len, " tokens; lower data.seq_len");
