@@ -1,5 +1,7 @@
 #include "core/flops.h"
 
+#include "core/error.h"
+
 #include <algorithm>
 
 namespace tessera {
@@ -23,6 +25,14 @@ double causal_attended(int64_t seq_len, int64_t window) {
   const double ramp = w * (w + 1) / 2.0;  // queries 0..w-1
   const double flat = static_cast<double>(T - w) * w;
   return (ramp + flat) / T;
+}
+
+FlopCount per_byte(const FlopCount& per_token, double bytes_per_token) {
+  check(bytes_per_token > 0, "per_byte: bytes per token must be positive, got ", bytes_per_token);
+  FlopCount out = per_token;
+  out.train_per_token /= bytes_per_token;
+  out.inference_per_token /= bytes_per_token;
+  return out;
 }
 
 }  // namespace tessera

@@ -26,4 +26,10 @@ FlopCount transformer_flops(int64_t matmul_params, int64_t n_layers, int64_t att
 // Mean attended keys per query for causal attention over `seq_len`, optionally windowed.
 double causal_attended(int64_t seq_len, int64_t window = 0);
 
+// FLOPs per byte of text, the unit the BLT paper compares models in (Pagnoni et al. 2024, §4.5):
+// a model's per-token count divided by the bytes one token covers, 1 for byte-level models (dense
+// bytes, MEGABYTE and BLT already count per byte), the tokenizer's mean UTF-8 bytes per token for BPE
+// (measured on the training split). matmul_params stays the per-token count.
+FlopCount per_byte(const FlopCount& per_token, double bytes_per_token);
+
 }  // namespace tessera

@@ -329,6 +329,11 @@ nlohmann::json run_stages(const LoadedRecipe& recipe, bool& interrupted) {
           {"steps", step},
           {"tokens", state.value("tokens_seen", int64_t{0})},
           {"train_flops", flops_per_token * state.value("tokens_seen", 0.0)},
+          {"train_flops_per_byte",
+           per_byte(FlopCount{flops_per_token, 0.0, 0},
+                    static_cast<double>(train_split.bytes) /
+                        static_cast<double>(std::max<int64_t>(1, train_split.tokens - train_split.docs)))
+               .train_per_token},
           {"train_bytes_per_token", static_cast<double>(train_split.bytes) /
                                         static_cast<double>(std::max<int64_t>(1, train_split.tokens - train_split.docs))},
           {"train_targets_per_byte", static_cast<double>(train_split.tokens - train_split.docs) /
@@ -376,9 +381,9 @@ std::vector<nlohmann::json> read_metrics(const fs::path& path) {
 void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& arms) {
   fs::create_directories(dir);
   std::string table =
-      "| variant | adapter | vocab | parameters | steps | tokens | train FLOPs | bytes/token | val bpb | val ppl/token "
-      "| best val bpb (at FLOPs) | bytes/patch |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+      "| variant | adapter | vocab | parameters | steps | tokens | train FLOPs | FLOPs/byte | bytes/token | val bpb "
+      "| val ppl/token | best val bpb (at FLOPs) | bytes/patch |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   PlotSpec plot;
   plot.title = "validation bits per byte vs training FLOPs";
   plot.x_label = "training FLOPs";
@@ -416,11 +421,11 @@ void write_comparison(const fs::path& dir, const std::vector<nlohmann::json>& ar
     char row[600];
     const double patch = a.at("eval").value("bytes_per_patch", 0.0);
     const std::string patch_cell = patch > 0 ? str(std::round(patch * 100) / 100) : std::string("-");
-    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.2f | %.4f | %.3f | %.4f (%.2g) | %s |\n",
+    std::snprintf(row, sizeof row, "| %s | %s | %ld | %s | %ld | %s | %.3g | %.3g | %.2f | %.4f | %.3f | %.4f (%.2g) | %s |\n",
                   label.c_str(), a.at("adapter").get<std::string>().c_str(), (long)a.at("vocab_size").get<int64_t>(),
                   format_count(a.at("parameters").get<double>()).c_str(), (long)a.at("steps").get<int64_t>(),
                   format_count(a.at("tokens").get<double>()).c_str(), a.at("train_flops").get<double>(),
-                  a.at("train_bytes_per_token").get<double>(), a.at("eval").at("bits_per_byte").get<double>(),
+                  a.value("train_flops_per_byte", 0.0), a.at("train_bytes_per_token").get<double>(), a.at("eval").at("bits_per_byte").get<double>(),
                   a.at("eval").at("perplexity").get<double>(), best, best_flops, patch_cell.c_str());
     table += row;
     // Same colour for a variant's two curves.

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/error.h"
 #include "core/flops.h"
 #include "core/train/schedule.h"
 
@@ -56,6 +57,20 @@ TEST(Flops, TransformerFlopsFollowTheStatedConvention) {
   EXPECT_DOUBLE_EQ(f.inference_per_token, 2.0 * 1000 + 2.0 * 2.0 * 4.5 * 16 * 2);
   EXPECT_DOUBLE_EQ(f.train_per_token, 3.0 * f.inference_per_token);
   EXPECT_EQ(f.matmul_params, 1000);
+}
+
+TEST(Flops, PerByteDividesByBytesPerToken) {
+  // A BPE model at 2.5 bytes per token: 6,000 training FLOPs per token are 2,400 per byte.
+  FlopCount f;
+  f.train_per_token = 6000;
+  f.inference_per_token = 2000;
+  f.matmul_params = 1000;
+  const FlopCount b = per_byte(f, 2.5);
+  EXPECT_DOUBLE_EQ(b.train_per_token, 2400);
+  EXPECT_DOUBLE_EQ(b.inference_per_token, 800);
+  EXPECT_EQ(b.matmul_params, 1000);
+  EXPECT_DOUBLE_EQ(per_byte(f, 1.0).train_per_token, 6000);  // byte-level: unchanged
+  EXPECT_THROW(per_byte(f, 0.0), Error);
 }
 
 }  // namespace
