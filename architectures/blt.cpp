@@ -338,7 +338,10 @@ at::Tensor BLTModel::patch_lengths(const Batch& batch) {
   return patcher_.patch(batch.tokens, H, /*include_next_token=*/true);
 }
 
-Outputs BLTModel::forward(const Batch& batch) { return forward_with_patches(batch, patch_lengths(batch)); }
+Outputs BLTModel::forward(const Batch& batch) {
+  // Boundaries that came with the data (precomputed by a pipeline) win over the configured patcher.
+  return forward_with_patches(batch, batch.patch_lengths.defined() ? batch.patch_lengths : patch_lengths(batch));
+}
 
 at::Tensor BLTModel::encoder_cross(size_t layer, const at::Tensor& queries, const at::Tensor& h,
                                    const at::Tensor& patch_ids, const at::Tensor& lengths_cpu, int64_t N) {

@@ -263,7 +263,8 @@ class BLTModel : public LanguageModel {
   // equivalent count, rounded to an integer.
   FlopCount flops(int64_t seq_len) const override;
 
-  // tokens [B, N] (BLT ids) -> logits [B, N, V] (float32). Patches with the configured patcher.
+  // tokens [B, N] (BLT ids) -> logits [B, N, V] (float32). Patches with Batch::patch_lengths when the data
+  // provides them, else with the configured patcher.
   Outputs forward(const Batch& batch) override;
   // Same, with patch_lengths [B, P] (int64, right-padded with zeros, each row summing to N + 1 with a
   // first patch of 1: the released layout, §1.7) given by the caller.

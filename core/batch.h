@@ -15,6 +15,9 @@ struct Batch {
   at::Tensor modality;   // [B, T] int64 modality index per position (optional)
   at::Tensor doc_ids;    // [B, T] int64 document index within a packed row (optional: block-diagonal attention)
   at::Tensor positions;  // [B, T] or [T] int64 absolute positions (optional; default 0..T-1)
+  at::Tensor patch_lengths;  // [B, P] int64 patch lengths (BLT, optional): precomputed boundaries, each row
+                             // summing to T + 1 with a first patch of 1 (the released layout); when absent
+                             // BLT patches with its own patcher
 
   int64_t batch_size() const { return tokens.size(0); }
   int64_t seq_len() const { return tokens.size(1); }

@@ -140,6 +140,10 @@ TEST(BLT, ForwardUsesThePatcherAndForwardWithPatchesAgrees) {
   const at::Tensor byte_logits = m.forward_with_patches(batch_of(x), other).logits;
   EXPECT_GT(max_diff(byte_logits, m.forward(batch_of(x)).logits), 1e-4);
   EXPECT_LT(max_diff(byte_logits.narrow(1, 0, 1), m.forward(batch_of(x)).logits.narrow(1, 0, 1)), 1e-6);
+  // Boundaries that come with the batch (Batch::patch_lengths) are used instead of the patcher's.
+  Batch with = batch_of(x);
+  with.patch_lengths = other;
+  EXPECT_LT(max_diff(m.forward(with).logits, byte_logits), 1e-6);
 }
 
 // Changing byte t changes no logit at positions < t (the predictions of bytes <= t) and does change the
