@@ -15,7 +15,8 @@ log() { echo "[setup] $*" >&2; }
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config ccache python3 python3-pip
               libyaml-cpp-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev
               libsentencepiece-dev zlib1g-dev fortunes
-              libopencv-dev dataset-fashion-mnist)  # image I/O (core/imgproc/imgcodecs used); a small real image set
+              libopencv-dev dataset-fashion-mnist  # image I/O (core/imgproc/imgcodecs used); a small real image set
+              libsndfile1-dev libavformat-dev libavcodec-dev libswresample-dev libavutil-dev espeak-ng)  # audio I/O; speech corpus voices
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
