@@ -1,7 +1,6 @@
 #include "architectures/blt.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -68,10 +67,6 @@ at::Tensor softmax_entropy(const at::Tensor& logits) {
   return -(lp.exp() * lp).sum(-1);
 }
 
-at::ScalarType cache_dtype(const at::Tensor& w) {
-  return at::autocast::is_autocast_enabled(w.device().type()) ? at::autocast::get_autocast_dtype(w.device().type())
-                                                              : w.scalar_type();
-}
 
 struct BLTDecodeState : DecodeState {
   int64_t batch = 0, max_len = 0;
@@ -481,7 +476,7 @@ std::unique_ptr<DecodeState> BLTModel::start_decoding(int64_t batch_size, int64_
   s->batch = batch_size;
   s->max_len = max_len;
   const at::Tensor w = local_encoder->tok_embeddings->weight;
-  const auto dtype = cache_dtype(w);
+  const auto dtype = nn::kv_cache_dtype(w);
   const auto dev = w.device();
   const int64_t kvE = config_.n_kv_heads ? config_.n_kv_heads : config_.n_heads_local_encoder;
   const int64_t kvD = config_.n_kv_heads ? config_.n_kv_heads : config_.n_heads_local_decoder;

@@ -1,7 +1,6 @@
 #include "architectures/dense.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 
 #include <cmath>
 
@@ -119,10 +118,7 @@ std::unique_ptr<DecodeState> DenseModel::start_decoding(int64_t batch_size, int6
   auto state = std::make_unique<DenseDecodeState>();
   const at::Tensor w = tok_embeddings->weight;
   const int64_t kv_heads = config_.n_kv_heads == 0 ? config_.n_heads : config_.n_kv_heads;
-  // Under autocast the projections produce bf16; keep the cache in the dtype attention will see.
-  const auto dtype = at::autocast::is_autocast_enabled(w.device().type())
-                         ? at::autocast::get_autocast_dtype(w.device().type())
-                         : w.scalar_type();
+  const auto dtype = nn::kv_cache_dtype(w);
   for (int64_t i = 0; i < config_.n_layers; ++i)
     state->caches.emplace_back(batch_size, kv_heads, max_len, config_.dim / config_.n_heads, dtype, w.device());
   return state;

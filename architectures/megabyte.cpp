@@ -1,7 +1,6 @@
 #include "architectures/megabyte.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -271,10 +270,7 @@ std::unique_ptr<DecodeState> MegabyteModel::start_decoding(int64_t batch_size, i
   state->batch = batch_size;
   state->max_len = max_len;
   const at::Tensor w = local_model->tok_embeddings->weight;
-  // Under autocast the projections produce bf16; keep the caches in the dtype attention will see.
-  const auto dtype = at::autocast::is_autocast_enabled(w.device().type())
-                         ? at::autocast::get_autocast_dtype(w.device().type())
-                         : w.scalar_type();
+  const auto dtype = nn::kv_cache_dtype(w);
   const int64_t P = config_.patch_size;
   for (int64_t i = 0; i < config_.global_layers; ++i)
     state->global_caches.emplace_back(batch_size, config_.global_heads, max_len / P + 1,

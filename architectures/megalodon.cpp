@@ -1,7 +1,6 @@
 #include "architectures/megalodon.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 
 #include <cmath>
 
@@ -306,9 +305,7 @@ std::unique_ptr<DecodeState> MegalodonModel::start_decoding(int64_t batch_size, 
         config_.max_seq_len);
   auto state = std::make_unique<MegalodonDecodeState>();
   const at::Tensor w = tok_embeddings->weight;
-  const auto dtype = at::autocast::is_autocast_enabled(w.device().type())
-                         ? at::autocast::get_autocast_dtype(w.device().type())
-                         : w.scalar_type();
+  const auto dtype = nn::kv_cache_dtype(w);
   const int64_t H = config_.n_heads;
   for (size_t i = 0; i < layers->size(); ++i) {
     MegalodonLayerCache cache;

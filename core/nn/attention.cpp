@@ -3,6 +3,7 @@
 #include <limits>
 
 #include <ATen/SDPBackend.h>
+#include <ATen/autocast_mode.h>
 
 #include "core/error.h"
 
@@ -179,6 +180,11 @@ torch::Tensor attention_explicit(const torch::Tensor& q, const torch::Tensor& k,
   // Softmax in float32 whatever the scores' dtype; a row with no key gives NaN here, as 0/0 would.
   const torch::Tensor probs = at::softmax(scores, -1, at::kFloat).to(values.scalar_type());
   return at::matmul(probs, values);
+}
+
+torch::ScalarType kv_cache_dtype(const torch::Tensor& weight) {
+  const auto type = weight.device().type();
+  return at::autocast::is_autocast_enabled(type) ? at::autocast::get_autocast_dtype(type) : weight.scalar_type();
 }
 
 KVCache::KVCache(int64_t batch, int64_t n_kv_heads, int64_t max_len, int64_t head_dim,

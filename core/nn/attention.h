@@ -57,6 +57,10 @@ inline constexpr int64_t kExplicitAttentionMaxQueries = 16;
 torch::Tensor attention_explicit(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                  const MaskSpec& spec, std::optional<double> scale = std::nullopt);
 
+// The dtype a KV cache should hold for a model whose weights are like `weight`: under autocast the
+// projections produce the autocast dtype (bf16), so the cache holds what attention will see.
+torch::ScalarType kv_cache_dtype(const torch::Tensor& weight);
+
 // Keys and values of one layer for incremental decoding, preallocated [B, Hkv, max_len, D] (values
 // [B, Hkv, max_len, Dv] where their width differs, as in Megalodon) so that
 // decoding allocates nothing per token. Meant for inference (under NoGradGuard/InferenceMode): the
