@@ -56,15 +56,10 @@ nn::RotaryEmbedding make_rope(const BLTConfig& c, int64_t dim, int64_t heads, in
   return nn::RotaryEmbedding(dim / heads, positions, c.rope_theta, nn::parse_rope_layout(c.rope_layout));
 }
 
+// Block i of a stack of DenseBlocks (the local stacks interleave cross-attention between blocks).
 at::Tensor run_block(torch::nn::ModuleList& layers, size_t i, const at::Tensor& h, const nn::RotaryEmbeddingImpl* rope,
                      const at::Tensor& positions, const nn::MaskSpec& spec, nn::KVCache* cache) {
   return layers->ptr<DenseBlockImpl>(i)->forward(h, rope, positions, spec, cache);
-}
-
-// Softmax entropy in nats of logits [..., V], in float32.
-at::Tensor softmax_entropy(const at::Tensor& logits) {
-  const at::Tensor lp = at::log_softmax(logits.to(at::kFloat), -1);
-  return -(lp.exp() * lp).sum(-1);
 }
 
 
@@ -324,7 +319,14 @@ at::Tensor BLTModel::entropies(const Batch& batch) {
   Batch b;
   b.tokens = batch.tokens;
   b.doc_ids = batch.doc_ids;
-  return softmax_entropy(entropy_model_->forward(b).logits);
+  return blt::next_byte_entropies(entropy_model_->forward(b).logits);
+}
+
+LanguageModel::PatchCount BLTModel::count_patches(const Batch& batch) {
+  require_field(batch.tokens, "tokens", arch());
+  const at::Tensor H = patcher_.needs_entropies() ? entropies(batch) : at::Tensor();
+  const at::Tensor lengths = patcher_.patch(batch.tokens, H, /*include_next_token=*/false);
+  return {lengths.sum().item<int64_t>(), lengths.gt(0).sum().item<int64_t>()};
 }
 
 at::Tensor BLTModel::patch_lengths(const Batch& batch) {
@@ -381,9 +383,7 @@ at::Tensor BLTModel::decoder_cross(size_t layer, const at::Tensor& h, const at::
 at::Tensor BLTModel::run_global(at::Tensor g, const at::Tensor& positions, const nn::MaskSpec& spec,
                                 std::vector<nn::KVCache>* caches) {
   if (global_transformer->token_embedding_projection) g = global_transformer->token_embedding_projection->forward(g);
-  for (size_t i = 0; i < global_transformer->layers->size(); ++i)
-    g = run_block(global_transformer->layers, i, g, global_transformer->rope_embeddings.get(), positions, spec,
-                  caches ? &(*caches)[i] : nullptr);
+  g = run_dense_blocks(global_transformer->layers, global_transformer->rope_embeddings.get(), g, positions, spec, caches);
   return g;  // no final norm: the decoder reads the residual stream (§1.5)
 }
 
@@ -539,7 +539,7 @@ at::Tensor BLTModel::step(const at::Tensor& tokens_in, DecodeState& state) {
     // 1. Entropy model one step: H_t, the uncertainty of byte t + 1.
     if (s.entropy_state) {
       torch::NoGradGuard no_grad;
-      s.entropies_cpu.narrow(1, t, 1).copy_(softmax_entropy(entropy_model_->step(xt, *s.entropy_state)).cpu());
+      s.entropies_cpu.narrow(1, t, 1).copy_(blt::next_byte_entropies(entropy_model_->step(xt, *s.entropy_state)).cpu());
     }
 
     // 2. Encoder one step; hash ids from the last max_n ids (the same windows as the full row).

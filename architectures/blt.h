@@ -275,6 +275,9 @@ class BLTModel : public LanguageModel {
   // doc_ids, when given), under no_grad.
   at::Tensor entropies(const Batch& batch);
 
+  // The configured patcher's patches of the rows themselves (without the generation-time next byte).
+  PatchCount count_patches(const Batch& batch) override;
+
   // Attaches the entropy model used by entropy-mode patching (forward and generation). nullptr detaches.
   void set_entropy_model(std::shared_ptr<LanguageModel> model);
   const std::shared_ptr<LanguageModel>& entropy_model() const { return entropy_model_; }

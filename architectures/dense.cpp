@@ -44,6 +44,13 @@ at::Tensor DenseBlockImpl::forward(const at::Tensor& x, const nn::RotaryEmbeddin
   return h + feed_forward->forward(ffn_norm->forward(h));
 }
 
+at::Tensor run_dense_blocks(torch::nn::ModuleList& layers, const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
+                            const at::Tensor& positions, const nn::MaskSpec& spec, std::vector<nn::KVCache>* caches) {
+  for (size_t i = 0; i < layers->size(); ++i)
+    h = layers->ptr<DenseBlockImpl>(i)->forward(h, rope, positions, spec, caches ? &(*caches)[i] : nullptr);
+  return h;
+}
+
 DenseModel::DenseModel(DenseConfig config) : config_(std::move(config)) {
   validate(config_);
   hidden_dim_ = nn::swiglu_hidden_dim(config_.dim, config_.ffn_dim_multiplier, config_.multiple_of);
@@ -85,11 +92,7 @@ FlopCount DenseModel::flops(int64_t seq_len) const {
 
 at::Tensor DenseModel::run(const at::Tensor& tokens, const at::Tensor& positions, const nn::MaskSpec& spec,
                            std::vector<nn::KVCache>* caches) {
-  at::Tensor h = tok_embeddings->forward(tokens);
-  for (size_t i = 0; i < layers->size(); ++i) {
-    nn::KVCache* cache = caches ? &(*caches)[i] : nullptr;
-    h = layers->ptr<DenseBlockImpl>(i)->forward(h, rope.get(), positions, spec, cache);
-  }
+  at::Tensor h = run_dense_blocks(layers, rope.get(), tok_embeddings->forward(tokens), positions, spec, caches);
   h = norm->forward(h);
   return config_.tie_embeddings ? at::linear(h, tok_embeddings->weight) : output->forward(h);
 }

@@ -3,6 +3,8 @@
 // Parameter names follow Meta's Llama checkpoints (tok_embeddings, layers.N.attention.wq, ...).
 #pragma once
 
+#include <torch/nn/modules/container/modulelist.h>
+
 #include "core/model.h"
 #include "core/nn/attention.h"
 #include "core/nn/rms_norm.h"
@@ -58,6 +60,11 @@ struct DenseBlockImpl : torch::nn::Module {
   nn::SwiGLU feed_forward{nullptr};
 };
 TORCH_MODULE(DenseBlock);
+
+// Runs a stack of DenseBlocks (a ModuleList of them) in order; caches, when given, hold one KV cache per
+// block. Shared by every backbone built from Llama blocks (dense, MEGABYTE's stacks, BLT's global model).
+at::Tensor run_dense_blocks(torch::nn::ModuleList& layers, const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
+                            const at::Tensor& positions, const nn::MaskSpec& spec, std::vector<nn::KVCache>* caches);
 
 class DenseModel : public LanguageModel {
  public:

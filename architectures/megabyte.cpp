@@ -55,15 +55,6 @@ DenseConfig block_config(int64_t dim, int64_t heads, double norm_eps) {
   return b;
 }
 
-// The pre-norm residual blocks of one stack (RoPE optional).
-at::Tensor run_blocks(torch::nn::ModuleList& layers, const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
-                      const at::Tensor& positions, const nn::MaskSpec& spec, std::vector<nn::KVCache>* caches) {
-  for (size_t i = 0; i < layers->size(); ++i) {
-    nn::KVCache* cache = caches ? &(*caches)[i] : nullptr;
-    h = layers->ptr<DenseBlockImpl>(i)->forward(h, rope, positions, spec, cache);
-  }
-  return h;
-}
 
 }  // namespace
 
@@ -147,7 +138,7 @@ at::Tensor MegabyteModel::embed_global(const at::Tensor& bytes, const at::Tensor
 at::Tensor MegabyteModel::run_global(const at::Tensor& global_in, const at::Tensor& positions,
                                      const nn::MaskSpec& spec, std::vector<nn::KVCache>* caches) {
   const nn::RotaryEmbeddingImpl* rope = global_model->rope ? global_model->rope.get() : nullptr;
-  at::Tensor h = run_blocks(global_model->layers, rope, global_in, positions, spec, caches);
+  at::Tensor h = run_dense_blocks(global_model->layers, rope, global_in, positions, spec, caches);
   h = global_model->norm->forward(h);  // [B, K, P·D_G]
   // eq. 4: chunk p of patch k's output (width D_G) goes through w^GL to the local width.
   const int64_t B = h.size(0), K = h.size(1);
@@ -158,12 +149,18 @@ at::Tensor MegabyteModel::run_local(const at::Tensor& local_in, const nn::MaskSp
                                     std::vector<nn::KVCache>* caches) {
   // RoPE positions are the offsets in the patch: 0..P-1, or continuing the cache.
   const nn::RotaryEmbeddingImpl* rope = local_model->rope ? local_model->rope.get() : nullptr;
-  return local_model->norm->forward(run_blocks(local_model->layers, rope, local_in, at::Tensor(), spec, caches));
+  return local_model->norm->forward(run_dense_blocks(local_model->layers, rope, local_in, at::Tensor(), spec, caches));
 }
 
 at::Tensor MegabyteModel::head(const at::Tensor& h) {
   // eq. 6: logits through E^local-embed (tied), or a separate output projection.
   return config_.tie_embeddings ? at::linear(h, local_model->tok_embeddings->weight) : local_model->output->forward(h);
+}
+
+LanguageModel::PatchCount MegabyteModel::count_patches(const Batch& batch) {
+  require_field(batch.tokens, "tokens", arch());
+  const int64_t P = config_.patch_size, T = batch.seq_len();
+  return {batch.tokens.numel(), batch.batch_size() * ((T + P - 1) / P)};
 }
 
 Outputs MegabyteModel::forward(const Batch& batch) {

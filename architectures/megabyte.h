@@ -146,6 +146,8 @@ class MegabyteModel : public LanguageModel {
 
   // tokens [B, T] (any T <= max_seq_len) -> logits [B, T, V]; optional doc_ids (packed documents, see
   // above) and positions ([T] or [B, T] byte positions; default 0..T-1).
+  // Fixed patches of patch_size bytes (a short last one counts as a patch).
+  PatchCount count_patches(const Batch& batch) override;
   Outputs forward(const Batch& batch) override;
   std::unique_ptr<DecodeState> start_decoding(int64_t batch_size, int64_t max_len) override;
   at::Tensor step(const at::Tensor& tokens, DecodeState& state) override;

@@ -38,6 +38,14 @@ class LanguageModel : public torch::nn::Module {
   virtual at::Tensor step(const at::Tensor& tokens, DecodeState& state) = 0;
 
   int64_t parameter_count() const;
+
+  // Patch-based byte models (BLT, MEGABYTE) report how they cut `batch` into patches, so that evaluation
+  // can give the mean patch size without knowing the architecture; others report none.
+  struct PatchCount {
+    int64_t bytes = 0;
+    int64_t patches = 0;
+  };
+  virtual PatchCount count_patches(const Batch& /*batch*/) { return {}; }
 };
 
 }  // namespace tessera

@@ -19,7 +19,8 @@ struct LossTerms {
   at::Tensor count;                         // optional: number of counted targets
   at::Tensor token_nll;                     // optional [B, T]: NLL per position (nats, float32), 0 where
                                             // not counted; lets evaluation report loss by position
-  at::Tensor token_mask;                    // optional [B, T] float: 1 where the target counts
+  at::Tensor token_mask;                    // optional [B, T] float: 1 where the target counts;
+                                            // undefined with token_nll: every position counts
 };
 
 class Objective {

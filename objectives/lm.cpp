@@ -24,17 +24,18 @@ LossTerms LMObjective::compute(LanguageModel& model, const Batch& batch) {
   require_field(batch.targets, "targets", model.arch());
   const Outputs out = model.forward(batch);
   const at::Tensor nll = token_nll(out.logits, batch.targets);
-  const at::Tensor mask = batch.loss_mask.defined() ? batch.loss_mask.to(at::kFloat).view(nll.sizes())
-                                                    : at::ones_like(nll);
-  const at::Tensor masked = nll * mask;
-  const at::Tensor sum = masked.sum(), count = mask.sum();
+  const bool masked_loss = batch.loss_mask.defined();
+  const at::Tensor mask = masked_loss ? batch.loss_mask.to(at::kFloat).view(nll.sizes()) : at::Tensor();
+  const at::Tensor masked = masked_loss ? nll * mask : nll;
+  const at::Tensor sum = masked.sum();
+  const at::Tensor count = masked_loss ? mask.sum() : at::full({}, static_cast<double>(nll.numel()), nll.options());
   LossTerms terms;
   terms.total = sum / count.clamp_min(1.0);
   terms.terms["lm"] = terms.total.detach();
   terms.sum_nll = sum.detach();
   terms.count = count.detach();
   terms.token_nll = masked.detach();
-  terms.token_mask = mask;
+  terms.token_mask = mask;  // undefined: every position counts
   return terms;
 }
 

@@ -89,8 +89,12 @@ EvalResult evaluate(LanguageModel& model, Objective& objective, DataSource& data
           "' does not report per-token NLL, so it cannot be evaluated for loss/perplexity");
     sum += terms.sum_nll.to(at::kDouble);
     count += terms.count.to(at::kDouble);
-    if (terms.token_nll.defined() && terms.token_mask.defined() && terms.token_nll.dim() == 2) {
-      const at::Tensor nll = terms.token_nll.to(at::kDouble).sum(0), mask = terms.token_mask.to(at::kDouble).sum(0);
+    if (terms.token_nll.defined() && terms.token_nll.dim() == 2) {
+      const at::Tensor nll = terms.token_nll.to(at::kDouble).sum(0);
+      const at::Tensor mask = terms.token_mask.defined()
+                                  ? terms.token_mask.to(at::kDouble).sum(0)
+                                  : at::full({terms.token_nll.size(1)}, static_cast<double>(terms.token_nll.size(0)),
+                                             nll.options());
       if (!position_sum.defined()) {
         position_sum = nll;
         position_count = mask;

@@ -384,4 +384,9 @@ ThresholdCalibration calibrate_threshold(const PatcherConfig& config, const at::
   return calibrate_threshold(config, rows, target);
 }
 
+at::Tensor next_byte_entropies(const at::Tensor& logits) {
+  const at::Tensor lp = at::log_softmax(logits.to(at::kFloat), -1);
+  return -(lp.exp() * lp).sum(-1);
+}
+
 }  // namespace tessera::blt

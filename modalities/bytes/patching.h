@@ -159,6 +159,10 @@ at::Tensor patch_starts_from_lengths(const at::Tensor& lengths);
 // ---- threshold calibration --------------------------------------------------------------------------
 // The released code has none; the maintainers' recipe (issue #106, notes §2.2) is to tune θ until the
 // mean patch size on a data sample hits a target (the paper used 4.5, 6 and 8).
+// The entropy patcher's input: the softmax entropy in nats of an entropy model's next-byte logits
+// [..., V] -> [...], computed in float32 whatever the logits' dtype.
+at::Tensor next_byte_entropies(const at::Tensor& logits);
+
 struct ThresholdCalibration {
   double threshold = 0.0;         // θ to put in PatcherConfig::threshold
   double mean_patch_size = 0.0;   // bytes / patches on the sample with that θ

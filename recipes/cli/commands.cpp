@@ -11,7 +11,6 @@
 #include <sstream>
 
 #include "architectures/blt.h"
-#include "architectures/megabyte.h"
 #include "architectures/registry.h"
 #include "core/config.h"
 #include "core/error.h"
@@ -156,26 +155,21 @@ nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const 
   const int64_t batches = batches_override >= 0 ? batches_override : ckpt.recipe.eval.batches;
   EvalResult r = evaluate(*ckpt.model, *objective, *data.val, batches, device, bf16);
   add_bits_per_byte(r, data.val_size);
-  // Bytes per patch: measured for BLT (its patcher over validation rows), the fixed P for MEGABYTE.
-  double bytes_per_patch = 0;
-  if (auto* blt = dynamic_cast<BLTModel*>(ckpt.model.get())) {
+  // Bytes per patch of patch-based models (BLT's patcher, MEGABYTE's P) on up to 16 validation batches.
+  double bytes = 0, patches = 0;
+  {
     at::NoGradGuard no_grad;
     AutocastGuard autocast(device.type(), bf16);
-    double bytes = 0, patches = 0;
     data.val->reset();
     for (int64_t b = 0; b < std::min<int64_t>(16, data.val->batches_per_epoch()); ++b) {
-      const Batch batch = data.val->next().to(device);
-      // Patches of the row itself (without the generation-time next byte), as calibration counts them.
-      const at::Tensor H = blt->patcher().needs_entropies() ? blt->entropies(batch) : at::Tensor();
-      const at::Tensor lengths = blt->patcher().patch(batch.tokens, H, /*include_next_token=*/false);
-      bytes += static_cast<double>(lengths.sum().item<int64_t>());
-      patches += static_cast<double>(lengths.gt(0).sum().item<int64_t>());
+      const LanguageModel::PatchCount count = ckpt.model->count_patches(data.val->next().to(device));
+      if (count.patches == 0) break;  // not a patch-based model
+      bytes += static_cast<double>(count.bytes);
+      patches += static_cast<double>(count.patches);
     }
     data.val->reset();
-    bytes_per_patch = patches > 0 ? bytes / patches : 0.0;
-  } else if (auto* megabyte = dynamic_cast<MegabyteModel*>(ckpt.model.get())) {
-    bytes_per_patch = static_cast<double>(megabyte->config().patch_size);
   }
+  const double bytes_per_patch = patches > 0 ? bytes / patches : 0.0;
   nlohmann::json by_position = nlohmann::json::array();
   for (const PositionBucket& b : position_buckets(r, data.val_size))
     by_position.push_back({{"begin", b.begin},
@@ -640,8 +634,7 @@ int patch_command(const Args& args) {
     for (int64_t b = 0; b < data.val->batches_per_epoch() && (want <= 0 || static_cast<int64_t>(rows.size()) < want); ++b) {
       const Batch batch = data.val->next().to(device);
       AutocastGuard autocast(device.type(), bf16);
-      const at::Tensor logp = at::log_softmax(entropy.model->forward(batch).logits.to(at::kFloat), -1);
-      const at::Tensor H = -(logp.exp() * logp).sum(-1).cpu();  // [B, T] nats
+      const at::Tensor H = blt::next_byte_entropies(entropy.model->forward(batch).logits).cpu();  // [B, T] nats
       // The split's last row is padded at its end (masked targets there); every other row is whole.
       const at::Tensor full = batch.loss_mask.defined() ? batch.loss_mask.select(1, -1).cpu().to(at::kFloat)
                                                         : at::ones({H.size(0)});

@@ -19,6 +19,7 @@ namespace {
 constexpr int64_t kVocab = 260;
 
 using testing::batch_of;
+using testing::error_of;
 using testing::max_diff;
 
 // h_E = h_D = 16, h_G = 32 = k·h_E (no input projection), window 8, tiny hash tables.
@@ -82,15 +83,6 @@ BLTConfig entropy_config(LanguageModel& em, const at::Tensor& x) {
   const int64_t n = sorted.size(0);
   c.patcher.threshold = 0.5 * (sorted[n / 2 - 1].item<double>() + sorted[n / 2].item<double>());
   return c;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void copy_parameters(torch::nn::Module& from, torch::nn::Module& to) {
@@ -270,17 +262,7 @@ TEST(BLT, TrainsOnARepeatingPattern) {
                               .repeat({2, 4});  // "hello world " repeated
   Batch b = batch_of(text.narrow(1, 0, 47));
   b.targets = text.narrow(1, 1, 47);
-  torch::optim::Adam opt(m.parameters(), torch::optim::AdamOptions(1e-2));
-  auto loss_of = [&] {
-    return at::cross_entropy_loss(m.forward(b).logits.reshape({-1, kVocab}), b.targets.reshape({-1}));
-  };
-  const double before = loss_of().item<double>();
-  for (int i = 0; i < 30; ++i) {
-    opt.zero_grad();
-    loss_of().backward();
-    opt.step();
-  }
-  const double after = loss_of().item<double>();
+  const auto [before, after] = testing::overfit(m, b, 30, 1e-2);
   EXPECT_LT(after, 0.2 * before) << before << " -> " << after;
 }
 

@@ -34,16 +34,8 @@ MegabyteConfig tiny(int64_t patch = 4, const std::string& pos = "learned", bool 
 }
 
 using testing::batch_of;
+using testing::error_of;
 using testing::max_diff;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Megabyte, ShapesForAnyLengthAndErrors) {
   at::manual_seed(0);
@@ -216,18 +208,7 @@ TEST(Megabyte, TrainsOnARepeatingPattern) {
   const at::Tensor pattern = (at::arange(10, at::kLong) + 97).repeat({2, 4});  // "abcdefghij" repeated
   Batch b = batch_of(pattern.narrow(1, 0, 39));
   b.targets = pattern.narrow(1, 1, 39);
-  torch::optim::Adam opt(m.parameters(), torch::optim::AdamOptions(1e-2));
-  auto loss_of = [&] {
-    const at::Tensor logits = m.forward(b).logits;
-    return at::cross_entropy_loss(logits.reshape({-1, kVocab}), b.targets.reshape({-1}));
-  };
-  const double before = loss_of().item<double>();
-  for (int i = 0; i < 40; ++i) {
-    opt.zero_grad();
-    loss_of().backward();
-    opt.step();
-  }
-  const double after = loss_of().item<double>();
+  const auto [before, after] = testing::overfit(m, b, 40, 1e-2);
   EXPECT_LT(after, 0.1 * before) << before << " -> " << after;
 }
 
