@@ -105,6 +105,22 @@ torch::Tensor build_attention_mask(const MaskSpec& spec, int64_t batch, int64_t 
   return mask;
 }
 
+namespace {
+// softmax(q k^T · scale, masked) v with two matmuls and a float32 softmax; mask bool (true = attend),
+// broadcastable to [B, H, Tq, Tk], or undefined for none. A row with no key gives NaN, as 0/0 would.
+torch::Tensor attend_explicit(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& mask, std::optional<double> scale) {
+  const int64_t Hq = q.size(1), Hkv = k.size(1);
+  const torch::Tensor keys = Hq == Hkv ? k : k.repeat_interleave(Hq / Hkv, 1);
+  const torch::Tensor values = Hq == Hkv ? v : v.repeat_interleave(Hq / Hkv, 1);
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  torch::Tensor scores = at::matmul(s == 1.0 ? q : q * s, keys.transpose(-2, -1));
+  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
+  const torch::Tensor probs = at::softmax(scores, -1, at::kFloat).to(values.scalar_type());
+  return at::matmul(probs, values);
+}
+}  // namespace
+
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const MaskSpec& spec, std::optional<double> scale) {
   check(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
@@ -141,7 +157,9 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
     // two GEMMs and a softmax are several times faster at these widths. Decoding (a few queries
     // against a cache): SDPA picks cuDNN on an H100, which builds an execution plan for every new
     // key length, 3.4 ms of host time per layer and token (measured); the scores are tiny here.
-    torch::Tensor out = attention_explicit(q, k, v, spec, scale);
+    // The mask built above is reused; only the causal fast path left none to reuse.
+    const torch::Tensor explicit_mask = is_causal ? build_attention_mask(spec, B, Tq, Tk, q.device(), nullptr) : mask;
+    torch::Tensor out = attend_explicit(q, k, v, explicit_mask, scale);
     if (empty_rows.defined()) out = out.masked_fill(empty_rows, 0.0);
     return out;
   }
@@ -168,18 +186,12 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 
 torch::Tensor attention_explicit(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                  const MaskSpec& spec, std::optional<double> scale) {
-  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), Hkv = k.size(1), Tk = k.size(2);
-  check(Hkv > 0 && Hq % Hkv == 0 && v.size(1) == Hkv && k.size(3) == q.size(3),
+  const int64_t Hq = q.size(1), Hkv = k.size(1);
+  check(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && Hkv > 0 && Hq % Hkv == 0 && v.size(1) == Hkv &&
+            k.size(3) == q.size(3),
         "attention_explicit: incompatible q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
-  const torch::Tensor keys = Hq == Hkv ? k : k.repeat_interleave(Hq / Hkv, 1);
-  const torch::Tensor values = Hq == Hkv ? v : v.repeat_interleave(Hq / Hkv, 1);
-  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
-  torch::Tensor scores = at::matmul(s == 1.0 ? q : q * s, keys.transpose(-2, -1));
-  const torch::Tensor mask = build_attention_mask(spec, B, Tq, Tk, q.device(), nullptr);
-  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
-  // Softmax in float32 whatever the scores' dtype; a row with no key gives NaN here, as 0/0 would.
-  const torch::Tensor probs = at::softmax(scores, -1, at::kFloat).to(values.scalar_type());
-  return at::matmul(probs, values);
+  return attend_explicit(q, k, v, build_attention_mask(spec, q.size(0), q.size(2), k.size(2), q.device(), nullptr),
+                         scale);
 }
 
 torch::ScalarType kv_cache_dtype(const torch::Tensor& weight) {

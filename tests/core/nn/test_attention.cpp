@@ -2,6 +2,7 @@
 // attention with an explicit per-(query, key) rule. Tolerance 2e-5 max-abs: float32 SDPA on N(0,1)
 // inputs with head_dim 8, outputs of magnitude ~1.
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "core/error.h"
 #include "core/nn/attention.h"
@@ -174,6 +175,31 @@ TEST(Attention, ExplicitPathMatchesReference) {
   offset.q_offset = 3;
   const at::Tensor q2 = torch::randn({1, 2, 2, 8}), k2 = torch::randn({1, 2, 5, 8}), v2 = torch::randn({1, 2, 5, 300});
   EXPECT_LT(max_abs_diff(attention_explicit(q2, k2, v2, offset, 0.5), attention(q2, k2, v2, offset, 0.5)), kTol);
+}
+
+// On CUDA, attention() routes wide heads and decode-sized queries to the explicit path: check both
+// routes (causal full sequence with 300-wide values; 2 queries against a cache with documents) against
+// the float64 reference. Skipped without a GPU.
+TEST(Attention, CudaExplicitRoutesMatchReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(20);
+  const auto cuda = torch::Device(torch::kCUDA);
+  MaskSpec causal;
+  const at::Tensor q = torch::randn({2, 2, 7, 8}), k = torch::randn({2, 2, 7, 8}), v = torch::randn({2, 2, 7, 300});
+  EXPECT_LT(max_abs_diff(attention(q.to(cuda), k.to(cuda), v.to(cuda), causal).cpu(),
+                         ref_attention(q, k, v, allowed_from(causal))),
+            kTol);
+  MaskSpec decode;
+  decode.q_offset = 4;
+  decode.q_doc_ids = torch::tensor({0, 1}, at::kLong).view({1, 2});
+  decode.kv_doc_ids = torch::tensor({0, 0, 0, 1, 1, 1}, at::kLong).view({1, 6});
+  const at::Tensor q2 = torch::randn({1, 4, 2, 8}), k2 = torch::randn({1, 2, 6, 8}), v2 = torch::randn({1, 2, 6, 8});
+  MaskSpec cuda_decode = decode;
+  cuda_decode.q_doc_ids = decode.q_doc_ids.to(cuda);
+  cuda_decode.kv_doc_ids = decode.kv_doc_ids.to(cuda);
+  EXPECT_LT(max_abs_diff(attention(q2.to(cuda), k2.to(cuda), v2.to(cuda), cuda_decode).cpu(),
+                         ref_attention(q2, k2, v2, allowed_from(decode))),
+            kTol);
 }
 
 TEST(Attention, Errors) {
