@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "architectures/blt.h"
@@ -28,6 +29,7 @@
 #include "eval/bench/train_bench.h"
 #include "modalities/bytes/patching.h"
 #include "recipes/cli/recipe.h"
+#include "recipes/cli/tasks.h"
 
 namespace tessera::cli {
 namespace fs = std::filesystem;
@@ -131,6 +133,20 @@ LoadedRecipe recipe_from(const cxxopts::ParseResult& r, const cxxopts::Options& 
   LoadedRecipe recipe = load_recipe(positional(r, "recipe", o), overrides_of(r));
   if (r.count("run-dir")) recipe.run_dir = r["run-dir"].as<std::string>();
   return recipe;
+}
+
+// A recipe with a non-LM `task:` goes to that task's function (tasks.h); returns nullopt for LM recipes.
+std::optional<int> run_task_recipe(const cxxopts::ParseResult& r, const cxxopts::Options& o) {
+  const std::string file = positional(r, "recipe", o);
+  const std::string task = recipe_task(file);
+  if (task == "lm") return std::nullopt;
+  TaskContext context;
+  context.file = file;
+  context.overrides = overrides_of(r);
+  if (r.count("run-dir")) context.run_dir = r["run-dir"].as<std::string>();
+  context.force = r.count("force") > 0;
+  context.resume = r.count("resume") > 0;
+  return find_task(task, file).run(context);
 }
 
 // ---- stages ---------------------------------------------------------------------------------------
@@ -250,6 +266,7 @@ int train_command(const Args& args) {
   o.add_options()("resume", "continue from the run's latest checkpoint (bit-exact on CPU)");
   cxxopts::ParseResult r;
   if (!parse(o, args, r)) return 0;
+  if (const auto code = run_task_recipe(r, o)) return *code;
   const LoadedRecipe recipe = recipe_from(r, o);
   // An interrupted run (SIGINT/SIGTERM) has written its checkpoint: that is a clean exit.
   train_stage(recipe, r.count("resume") > 0);
@@ -497,6 +514,7 @@ int run_command(const Args& args) {
       "variant", "run only this variant of a comparison recipe", cxxopts::value<std::string>());
   cxxopts::ParseResult r;
   if (!parse(o, args, r)) return 0;
+  if (const auto code = run_task_recipe(r, o)) return *code;
   const LoadedRecipe base = recipe_from(r, o);
   const std::vector<std::string> names = selected_variants(base, r);
   auto reset = [&](const LoadedRecipe& recipe) {
@@ -947,6 +965,10 @@ int main_dispatch(const Args& argv) {
   auto print_help = [] {
     std::printf("tessera — train, evaluate and sample mixed-modal generative models\n\nusage: tessera VERB [options]\n\n");
     for (const auto& v : verbs()) std::printf("  %-9s %s\n", v.name, v.summary);
+    if (!task_recipes().empty()) {
+      std::printf("\nRecipes with a top-level `task:` train artifacts (tessera run RECIPE.yaml):\n");
+      for (const auto& t : task_recipes()) std::printf("  %-14s %s\n", t.task, t.summary);
+    }
     std::printf("\n`tessera VERB --help` describes a verb's options.\n");
   };
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {

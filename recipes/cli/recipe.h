@@ -81,6 +81,7 @@ struct EvalConfig {
 };
 
 struct RecipeConfig {
+  std::string task = "lm";  // other tasks (tokenizers, VAEs, ...) never reach this struct: see tasks.h
   std::string name = "recipe";
   std::string run_dir;  // "" -> runs/<name>
   int64_t seed = 0;
@@ -94,6 +95,7 @@ struct RecipeConfig {
 
   template <class V>
   void fields(V& v) {
+    v.choice("task", task, {"lm"}, "what the recipe trains: lm (this struct); artifact tasks are listed by `tessera --help`");
     v.optional("name", name, "recipe name");
     v.optional("run_dir", run_dir, "where checkpoints, metrics and samples go (default runs/<name>)");
     v.optional("seed", seed, "seed for weights init and data order");

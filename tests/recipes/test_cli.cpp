@@ -244,6 +244,13 @@ TEST(Cli, BadRecipesAreClearErrors) {
             1);
   EXPECT_NE(err.find("is not prepared"), std::string::npos) << err;
   EXPECT_EQ(cli({"info", (dir.path() / "nothing").string()}, &out, &err), 1);
+  // `task:` picks what a recipe trains: lm is this file's kind, anything unknown is named.
+  const fs::path lm_task = write_recipe(dir, "task: lm\n" + tiny_recipe(dir.path() / "run"));
+  EXPECT_NO_THROW(load_recipe(lm_task.string(), {}));
+  const fs::path bad_task = write_recipe(dir, "task: vq_tokeniser\nname: x\n");
+  EXPECT_EQ(cli({"run", bad_task.string()}, &out, &err), 1);
+  EXPECT_NE(err.find("unknown task 'vq_tokeniser'"), std::string::npos) << err;
+  EXPECT_NE(err.find("known: lm"), std::string::npos) << err;
 }
 
 TEST(Cli, RunTrainsEvaluatesGeneratesThenSkipsDoneStages) {

@@ -1,0 +1,35 @@
+#include "recipes/cli/tasks.h"
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace tessera::cli {
+
+const std::vector<TaskRecipe>& task_recipes() {
+  // One row per artifact-training recipe kind; each function lives in its own task_*.cpp.
+  static const std::vector<TaskRecipe> table = {
+  };
+  return table;
+}
+
+std::string recipe_task(const std::string& file) {
+  const YAML::Node root = config::load_yaml_file(file);
+  if (!root.IsMap() || !root["task"]) return "lm";
+  check(root["task"].IsScalar(), config::location(root["task"], file), ": `task` must be a name (lm or one of ",
+        "the artifact tasks), not a ", root["task"].IsMap() ? "map" : "list");
+  return root["task"].as<std::string>();
+}
+
+const TaskRecipe& find_task(const std::string& task, const std::string& file) {
+  std::vector<std::string> names = {"lm"};
+  for (const auto& t : task_recipes()) {
+    if (task == t.task) return t;
+    names.emplace_back(t.task);
+  }
+  std::string known;
+  for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+  fail("recipe ", file, ": unknown task '", task, "' (known: ", known, "); did you mean '",
+       config::closest_match(task, names), "'?");
+}
+
+}  // namespace tessera::cli
