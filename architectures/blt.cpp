@@ -336,6 +336,7 @@ at::Tensor BLTModel::patch_lengths(const Batch& batch) {
 }
 
 Outputs BLTModel::forward(const Batch& batch) {
+  mark_stage("patching", batch.tokens);  // the entropy model and the patcher (no gradient)
   // Boundaries that came with the data (precomputed by a pipeline) win over the configured patcher.
   return forward_with_patches(batch, batch.patch_lengths.defined() ? batch.patch_lengths : patch_lengths(batch));
 }
@@ -434,6 +435,7 @@ Outputs BLTModel::forward_with_patches(const Batch& batch, const at::Tensor& pat
 
   // Local encoder (§1.4).
   at::Tensor h = embed(x);
+  mark_stage("encoder", h);
   at::Tensor patch_embeds;  // [B, P·k, h_E]
   size_t cross = 0;
   for (int64_t i = 0; i < config_.n_layers_local_encoder; ++i) {
@@ -451,9 +453,11 @@ Outputs BLTModel::forward_with_patches(const Batch& batch, const at::Tensor& pat
   }
 
   // Global transformer over patches (§1.5).
+  mark_stage("global", patch_embeds);
   const at::Tensor g = run_global(patch_embeds.reshape({B, P, k * dE}), at::arange(P, long_opts), global_spec, nullptr);
 
   // Local decoder (§1.6).
+  mark_stage("decoder", g);
   const at::Tensor patch_vectors =
       local_decoder->patch_embedding_projection->forward(g).reshape({B, P * k, config_.dim_local_decoder});
   cross = 0;

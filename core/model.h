@@ -14,6 +14,8 @@
 
 namespace tessera {
 
+class StageTimer;
+
 // Per-sequence decoding state (KV caches, recurrent states); owned by the caller of step().
 struct DecodeState {
   virtual ~DecodeState() = default;
@@ -46,6 +48,18 @@ class LanguageModel : public torch::nn::Module {
     int64_t patches = 0;
   };
   virtual PatchCount count_patches(const Batch& /*batch*/) { return {}; }
+
+  // Benchmarks install a timer to split the training step by stage (core/train/stage_timer.h); models
+  // mark their stages with mark_stage(). nullptr (the default) removes it; marks then cost nothing.
+  void set_stage_timer(std::shared_ptr<StageTimer> timer) { stage_timer_ = std::move(timer); }
+  const std::shared_ptr<StageTimer>& stage_timer() const { return stage_timer_; }
+
+ protected:
+  // Stage `name` of the forward begins, with `input` entering it.
+  void mark_stage(const char* name, const at::Tensor& input) const;
+
+ private:
+  std::shared_ptr<StageTimer> stage_timer_;
 };
 
 }  // namespace tessera

@@ -1,5 +1,7 @@
 #include "core/train/trainer.h"
 
+#include "core/train/stage_timer.h"
+
 #include <algorithm>
 
 #include <ATen/ATen.h>
@@ -174,9 +176,11 @@ StepOutput train_step(LanguageModel& model, Objective& objective,
       AutocastGuard autocast(device.type(), bf16);
       terms = objective.compute(model, batch);
     }
+    if (model.stage_timer()) model.stage_timer()->end_forward(terms.total);
     (terms.total / static_cast<double>(grad_accum)).backward();
     loss_sum += terms.total.detach().to(at::kFloat);
   }
+  if (model.stage_timer()) model.stage_timer()->finish();
   out.loss = loss_sum / static_cast<double>(grad_accum);
   out.grad_norm = clip_grad_norm(params, grad_clip);
   return out;

@@ -2,10 +2,15 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <filesystem>
 
 #include "architectures/registry.h"
 #include "core/config.h"
+#include "core/data/packer.h"
+#include "core/data/shard.h"
 #include "core/error.h"
 
 namespace tessera {
@@ -23,6 +28,39 @@ std::shared_ptr<LanguageModel> bench_model(const std::string& spec, int64_t voca
   context.vocab_size = vocab_size;
   context.file = is_file ? spec : "--model";
   return build_model(node, context);
+}
+
+BenchData bench_batches(const std::string& dataset, const std::string& split, int64_t count, int64_t batch_size,
+                        int64_t seq_len, int64_t vocab_size, uint64_t seed) {
+  check(count > 0 && batch_size > 0 && seq_len > 0, "bench: batches, batch size and sequence length must be positive");
+  BenchData out;
+  if (dataset.empty()) {
+    out.layout = VocabLayout::bytes();
+    const auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (int64_t i = 0; i < count; ++i) {
+      const at::Tensor row = at::randint(vocab_size, {batch_size, seq_len + 1}, gen, at::kLong);
+      Batch b;
+      b.tokens = row.narrow(1, 0, seq_len).contiguous();
+      b.targets = row.narrow(1, 1, seq_len).contiguous();
+      out.batches.push_back(b);
+    }
+    return out;
+  }
+  const DatasetIndex index = DatasetIndex::load(dataset);
+  out.layout = index.layout;
+  check(index.layout.size() <= vocab_size || vocab_size <= 0, "bench: dataset ", dataset, " has ",
+        index.layout.size(), " ids (", index.layout.describe(), "), more than the model's vocabulary ", vocab_size);
+  PackerOptions options;
+  options.batch_size = batch_size;
+  options.seq_len = seq_len;
+  options.shuffle = true;
+  options.seed = seed;
+  options.doc_mask = false;
+  PackedRowSource source(ShardedSplit::open(dataset, index, split, /*verify=*/false), index.layout, options);
+  check(source.batches_per_epoch() > 0, "bench: the ", split, " split of ", dataset, " has fewer than ", batch_size,
+        " rows of ", seq_len, " tokens; lower --batch or --seq");
+  for (int64_t i = 0; i < count; ++i) out.batches.push_back(source.next());
+  return out;
 }
 
 }  // namespace tessera

@@ -16,6 +16,93 @@
 
 namespace tessera {
 
+namespace {
+
+// Greedy decoding of o.compare_tokens tokens after a prompt, cached (step) and uncached (full forward
+// over the prefix per token), on one prompt (batch 1).
+GenerateBenchResult compare_cached(const GenerateBenchOptions& o, const c10::Device& device, bool bf16) {
+  check(o.prompt_tokens > 0, "bench generate: --prompt-tokens must be positive");
+  const int64_t total = o.prompt_tokens + o.compare_tokens;
+  BenchData data;
+  if (!o.data.empty()) data = bench_batches(o.data, "val", 1, 1, o.prompt_tokens, -1, o.seed);
+  std::shared_ptr<LanguageModel> model;
+  if (o.load_model) {
+    model = o.load_model();
+  } else {
+    model = bench_model(o.model, o.data.empty() ? o.vocab_size : data.layout.size(), total);
+    if (o.prepare_model) o.prepare_model(*model, o.data.empty() ? VocabLayout::bytes() : data.layout);
+  }
+  check(model->max_seq_len() >= total, "bench generate: prompt + generated tokens (", total,
+        ") exceed the model's max_seq_len ", model->max_seq_len());
+  if (o.data.empty()) data = bench_batches("", "val", 1, 1, o.prompt_tokens, model->vocab_size(), o.seed);
+  model->to(device);
+  model->eval();
+  c10::InferenceMode inference;
+  AutocastGuard autocast(device.type(), bf16);
+  const at::Tensor prompt = data.batches.at(0).tokens.to(device);
+
+  // Cached: the prompt in one step, then one token per step.
+  synchronize(device);
+  auto t0 = std::chrono::steady_clock::now();
+  auto state = model->start_decoding(1, total);
+  at::Tensor next = model->step(prompt, *state).select(1, -1).argmax(-1, /*keepdim=*/true);
+  std::vector<int64_t> cached{next.item<int64_t>()};
+  for (int64_t i = 1; i < o.compare_tokens; ++i) {
+    next = model->step(next, *state).select(1, -1).argmax(-1, /*keepdim=*/true);
+    cached.push_back(next.item<int64_t>());
+  }
+  synchronize(device);
+  const double cached_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  state.reset();
+
+  // Uncached: the whole prefix through forward() for every new token.
+  t0 = std::chrono::steady_clock::now();
+  at::Tensor seq = prompt;
+  std::vector<int64_t> full;
+  for (int64_t i = 0; i < o.compare_tokens; ++i) {
+    Batch b;
+    b.tokens = seq;
+    next = model->forward(b).logits.select(1, -1).argmax(-1, /*keepdim=*/true);
+    full.push_back(next.item<int64_t>());
+    seq = at::cat({seq, next}, 1);
+  }
+  synchronize(device);
+  const double full_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  int64_t agree = 0;
+  while (agree < o.compare_tokens && cached[agree] == full[agree]) ++agree;
+
+  GenerateBenchResult r;
+  const double n = static_cast<double>(o.compare_tokens);
+  r.json = {{"bench", "generate_compare"},
+            {"arch", model->arch()},
+            {"parameters", model->parameter_count()},
+            {"device", device_description(device)},
+            {"precision", bf16 ? "bf16-autocast" : "fp32"},
+            {"prompt_tokens", o.prompt_tokens},
+            {"generated_tokens", o.compare_tokens},
+            {"prompt_from", o.data.empty() ? std::string("random ids") : o.data},
+            {"cached_s", cached_s},
+            {"cached_tokens_per_s", n / cached_s},
+            {"uncached_s", full_s},
+            {"uncached_tokens_per_s", n / full_s},
+            {"speedup", full_s / cached_s},
+            {"identical_leading_tokens", agree}};
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "%s %s params on %s (%s): greedy, %ld tokens after a %ld-token prompt\n"
+                "  cached (step + caches):        %8.2f s  %10.1f tokens/s\n"
+                "  uncached (full forward/token): %8.2f s  %10.1f tokens/s   (%.1fx slower)\n"
+                "  identical leading tokens: %ld of %ld\n",
+                model->arch().c_str(), format_count(static_cast<double>(model->parameter_count())).c_str(),
+                device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", (long)o.compare_tokens,
+                (long)o.prompt_tokens, cached_s, n / cached_s, full_s, n / full_s, full_s / cached_s, (long)agree,
+                (long)o.compare_tokens);
+  r.summary = line;
+  return r;
+}
+
+}  // namespace
+
 GenerateBenchResult bench_generate(const GenerateBenchOptions& o) {
   check(!o.context_lengths.empty(), "bench generate: give at least one --context length");
   check(o.prefill_chunk > 0 && o.decode_tokens > 0 && o.batch_size > 0,
@@ -24,8 +111,11 @@ GenerateBenchResult bench_generate(const GenerateBenchOptions& o) {
   const c10::Device device = select_device(o.device);
   const bool bf16 = use_bf16(o.precision, device);
   seed_everything(o.seed);
+  if (o.compare_tokens > 0) return compare_cached(o, device, bf16);
   const int64_t longest = *std::max_element(o.context_lengths.begin(), o.context_lengths.end());
-  auto model = bench_model(o.model, o.vocab_size, longest + o.decode_tokens + std::max<int64_t>(0, o.profile_tokens));
+  auto model = o.load_model ? o.load_model()
+                            : bench_model(o.model, o.vocab_size, longest + o.decode_tokens + std::max<int64_t>(0, o.profile_tokens));
+  if (o.prepare_model && !o.load_model) o.prepare_model(*model, VocabLayout::bytes());
   model->to(device);
   model->eval();
   const int64_t V = model->vocab_size();

@@ -9,6 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "eval/bench/bench_model.h"
+
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +29,15 @@ struct GenerateBenchOptions {
   std::string device = "auto";
   uint64_t seed = 0;
   int64_t profile_tokens = 0;  // > 0: after the last context, profile this many decode steps per kernel
+  // Cached against uncached generation (instead of the context sweep): greedy-decode compare_tokens
+  // tokens after a prompt of prompt_tokens, once with step() and its caches, once recomputing the full
+  // forward over the whole prefix for every token (what a model without incremental decoding does);
+  // reports tokens/s of each and how many leading tokens agree.
+  int64_t compare_tokens = 0;
+  int64_t prompt_tokens = 64;
+  std::string data;  // prompts from this prepared dataset's validation rows ("" = random ids)
+  std::function<std::shared_ptr<LanguageModel>()> load_model;  // a trained model (replaces `model`)
+  PrepareModelFn prepare_model;                               // run on a model built from `model`
 };
 
 struct GenerateBenchResult {

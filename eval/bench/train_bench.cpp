@@ -12,6 +12,7 @@
 #include "core/progress.h"
 #include "core/train/optimizer.h"
 #include "core/train/runtime.h"
+#include "core/train/stage_timer.h"
 #include "core/train/trainer.h"
 #include "core/train/weights.h"
 #include "eval/bench/bench_model.h"
@@ -26,20 +27,24 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   const bool bf16 = use_bf16(o.precision, device);
   seed_everything(o.seed);
 
+  // Real rows when a dataset is given (four batches rotated through, so no step sees cached inputs).
+  BenchData data = bench_batches(o.data, "train", 4, o.batch_size, o.seq_len, o.data.empty() ? o.vocab_size : -1, o.seed);
+  const int64_t vocab_size = o.data.empty() ? o.vocab_size : data.layout.size();
   std::shared_ptr<LanguageModel> model;
   if (!o.model.empty()) {
-    model = bench_model(o.model, o.vocab_size, o.seq_len);
+    model = bench_model(o.model, vocab_size, o.seq_len);
   } else {
     DenseConfig config;
     config.dim = o.dim;
     config.n_layers = o.n_layers;
     config.n_heads = o.n_heads;
     config.n_kv_heads = o.n_kv_heads;
-    config.vocab_size = o.vocab_size;
+    config.vocab_size = vocab_size;
     config.max_seq_len = o.seq_len;
     config.tie_embeddings = o.tie_embeddings;
     model = std::make_shared<DenseModel>(config);
   }
+  if (o.prepare_model) o.prepare_model(*model, data.layout);
   model->to(device);
   model->train();
   LMObjective objective;
@@ -48,15 +53,8 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   for (const auto& [name, p] : named) params.push_back(p);
   AdamW optimizer(named, AdamWConfig{});
 
-  // A few fixed random batches rotated through, so that no step sees cached inputs.
   std::vector<Batch> batches;
-  for (int i = 0; i < 4; ++i) {
-    at::Tensor row = at::randint(o.vocab_size, {o.batch_size, o.seq_len + 1}, at::kLong);
-    Batch b;
-    b.tokens = row.narrow(1, 0, o.seq_len).contiguous();
-    b.targets = row.narrow(1, 1, o.seq_len).contiguous();
-    batches.push_back(b.to(device));
-  }
+  for (const Batch& b : data.batches) batches.push_back(b.to(device));
   size_t next = 0;
   auto next_batch = [&] { return batches[next++ % batches.size()]; };
 
@@ -85,6 +83,28 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
     }, o.trace);
   }
 
+  // The step split by the model's stages (models without marks report none).
+  std::vector<std::pair<std::string, std::pair<std::vector<double>, std::vector<double>>>> stage_ms;
+  if (o.stage_steps > 0) {
+    auto timer = std::make_shared<StageTimer>(device);
+    model->set_stage_timer(timer);
+    for (int64_t s = 0; s < o.stage_steps; ++s) {
+      timer->begin_step();
+      train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
+      const auto split = timer->collect();
+      optimizer.step(1e-4);
+      optimizer.zero_grad();
+      if (stage_ms.empty())
+        for (const auto& st : split) stage_ms.push_back({st.stage, {}});
+      check(split.size() == stage_ms.size(), "bench: the model marked a different number of stages in step ", s);
+      for (size_t i = 0; i < split.size(); ++i) {
+        stage_ms[i].second.first.push_back(split[i].forward_ms);
+        stage_ms[i].second.second.push_back(split[i].backward_ms);
+      }
+    }
+    model->set_stage_timer(nullptr);
+  }
+
   std::vector<double> sorted = times_ms;
   std::sort(sorted.begin(), sorted.end());
   const double median_ms = sorted[sorted.size() / 2];
@@ -101,7 +121,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
             {"dim", o.dim},
             {"n_layers", o.n_layers},
             {"n_heads", o.n_heads},
-            {"vocab_size", o.vocab_size},
+            {"vocab_size", vocab_size},
             {"batch_size", o.batch_size},
             {"seq_len", o.seq_len},
             {"parameters", model->parameter_count()},
@@ -119,6 +139,31 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
             {"last_loss", last_loss}};
   if (!profile.kernels.empty()) r.json["kernels"] = profile.kernels;
   if (!o.model.empty()) r.json["model"] = YAML::Dump(model->config_yaml());
+  if (!o.data.empty()) r.json["data"] = o.data;
+  std::string stage_table;
+  if (!stage_ms.empty()) {
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    nlohmann::json stages = nlohmann::json::array();
+    stage_table = "  stage      | forward ms | backward ms | share of the step (median of " +
+                  std::to_string(o.stage_steps) + " steps)\n";
+    for (const auto& [name, fb] : stage_ms) {
+      const double f = median(fb.first), b = median(fb.second);
+      stages.push_back({{"stage", name}, {"forward_ms", f}, {"backward_ms", b}, {"share", (f + b) / median_ms}});
+      char row[160];
+      std::snprintf(row, sizeof row, "  %-10s | %10.2f | %11.2f | %5.1f%%\n", name.c_str(), f, b, 100 * (f + b) / median_ms);
+      stage_table += row;
+    }
+    double staged = 0;
+    for (const auto& st : stages) staged += st["forward_ms"].get<double>() + st["backward_ms"].get<double>();
+    char row[160];
+    std::snprintf(row, sizeof row, "  %-10s | %24.2f | %5.1f%%  (the step's median minus the stages)\n",
+                  "clip+AdamW", median_ms - staged, 100 * (median_ms - staged) / median_ms);
+    stage_table += row;
+    r.json["stages"] = stages;
+  }
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "%s %s params, B=%ld T=%ld on %s (%s)\n"
@@ -129,7 +174,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
                 (long)o.seq_len, device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", median_ms,
                 (long)o.steps, sorted.front(), sorted.back(), format_count(tokens / (median_ms / 1e3)).c_str(), tflops,
                 peak_gb);
-  r.summary = std::string(buf) + profile.table;
+  r.summary = std::string(buf) + stage_table + profile.table;
   return r;
 }
 

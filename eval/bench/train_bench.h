@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "eval/bench/bench_model.h"
+
 namespace tessera {
 
 struct TrainBenchOptions {
@@ -26,6 +28,10 @@ struct TrainBenchOptions {
   uint64_t seed = 0;
   int64_t profile_steps = 0;  // > 0: after timing, profile this many steps (per-kernel GPU time, or CPU ops)
   std::string trace;          // with profile_steps: also save the Kineto trace (chrome://tracing JSON) here
+  std::string data;           // a prepared dataset whose train rows are the batches ("" = random ids); its
+                              // vocabulary then sizes the model
+  int64_t stage_steps = 0;    // > 0: after timing, split this many steps by the model's stages (StageTimer)
+  PrepareModelFn prepare_model;  // run on the built model (e.g. attach BLT's entropy model)
 };
 
 struct TrainBenchResult {

@@ -838,13 +838,28 @@ int bench_generate_command(const Args& args) {
       "batch", "sequences decoded together", cxxopts::value<int64_t>()->default_value("1"))(
       "profile", "after the last context, profile this many decode steps (GPU time per kernel)",
       cxxopts::value<int64_t>()->default_value("0"))(
+      "compare", "instead of the context sweep: greedy-generate this many tokens cached (step) and uncached "
+      "(full forward per token) and compare", cxxopts::value<int64_t>()->default_value("0"))(
+      "prompt-tokens", "with --compare: prompt length", cxxopts::value<int64_t>()->default_value("64"))(
+      "data", "with --compare: prompts from this prepared dataset's validation rows", cxxopts::value<std::string>())(
+      "checkpoint", "a trained model (checkpoint, run or checkpoints dir) instead of --model",
+      cxxopts::value<std::string>())(
       "precision", "auto, fp32 or bf16", cxxopts::value<std::string>()->default_value("auto"))(
       "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
       "json", "write the result as JSON here", cxxopts::value<std::string>())("h,help", "show this help");
   cxxopts::ParseResult r;
   if (!parse(o, args, r)) return 0;
-  if (!r.count("model")) throw UsageError("bench generate needs --model (e.g. --model \"{arch: megalodon}\")");
-  b.model = r["model"].as<std::string>();
+  if (r.count("model") == r.count("checkpoint"))
+    throw UsageError("bench generate needs --model (e.g. --model \"{arch: megalodon}\") or --checkpoint RUN, not both");
+  if (r.count("model")) b.model = r["model"].as<std::string>();
+  if (r.count("checkpoint")) {
+    const std::string path = r["checkpoint"].as<std::string>();
+    b.load_model = [path] { return load_trained(path).model; };
+  }
+  b.prepare_model = attach_entropy_model;
+  b.compare_tokens = r["compare"].as<int64_t>();
+  b.prompt_tokens = r["prompt-tokens"].as<int64_t>();
+  if (r.count("data")) b.data = r["data"].as<std::string>();
   b.vocab_size = r["vocab"].as<int64_t>();
   b.context_lengths = parse_int_list(r["context"].as<std::string>(), "context");
   b.prefill_chunk = r["prefill-chunk"].as<int64_t>();
@@ -929,7 +944,11 @@ int bench_command(const Args& args) {
       "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
       "tie-embeddings", "share embedding and output weights")(
       "profile", "after timing, profile this many steps: GPU time per kernel (CPU: per operator)",
-      cxxopts::value<int64_t>()->default_value("0"))("trace", "with --profile, save the Kineto trace (JSON) here",
+      cxxopts::value<int64_t>()->default_value("0"))(
+      "stages", "after timing, split this many steps by the model's stages (BLT: patching, encoder, global, "
+      "decoder)", cxxopts::value<int64_t>()->default_value("0"))(
+      "data", "train on rows of this prepared dataset instead of random ids (its vocabulary sizes the model)",
+      cxxopts::value<std::string>())("trace", "with --profile, save the Kineto trace (JSON) here",
                                                      cxxopts::value<std::string>())("json", "write the result as JSON here",
                                                               cxxopts::value<std::string>())(
       "h,help", "show this help");
@@ -955,6 +974,9 @@ int bench_command(const Args& args) {
   b.tie_embeddings = r.count("tie-embeddings") > 0;
   b.profile_steps = r["profile"].as<int64_t>();
   if (r.count("trace")) b.trace = r["trace"].as<std::string>();
+  b.stage_steps = r["stages"].as<int64_t>();
+  if (r.count("data")) b.data = r["data"].as<std::string>();
+  b.prepare_model = attach_entropy_model;  // a BLT model section may name its entropy model
   const TrainBenchResult result = bench_train(b);
   std::printf("%s", result.summary.c_str());
   if (r.count("json")) write_text(r["json"].as<std::string>(), json_text(result.json));

@@ -367,6 +367,49 @@ TEST(Cli, BenchesTakeAnyArchitecture) {
   EXPECT_EQ(cli({"bench", "generate", "--model", mega, "--context", "20,x"}, &out, &err), 2);
 }
 
+// BLT's training step split by stage (patching, encoder, global, decoder, rest), and cached against
+// uncached generation, which in fp32 must produce the very same greedy tokens.
+TEST(Cli, BenchSplitsBltByStageAndComparesCachedGeneration) {
+  TempDir dir;
+  const std::string blt = "{arch: blt, dim_local_encoder: 32, n_layers_local_encoder: 1, n_heads_local_encoder: 2, "
+                          "dim_global: 64, n_layers_global: 1, n_heads_global: 2, dim_local_decoder: 32, "
+                          "n_layers_local_decoder: 1, n_heads_local_decoder: 2, cross_attn_k: 2, cross_attn_nheads: 2, "
+                          "multiple_of: 16, max_seq_len: 128, hash: {vocab: 101}, patcher: {mode: space}}";
+  std::string out, err;
+  const fs::path train_json = dir.path() / "train.json";
+  ASSERT_EQ(cli({"bench", "train", "--model", blt, "--vocab", "260", "--batch", "2", "--seq", "64", "--warmup", "1",
+                 "--steps", "2", "--stages", "2", "--device", "cpu", "--json", train_json.string()},
+                &out, &err),
+            0)
+      << err;
+  const nlohmann::json t = nlohmann::json::parse(std::ifstream(train_json));
+  std::vector<std::string> names;
+  double staged = 0;
+  for (const auto& st : t.at("stages")) {
+    names.push_back(st.at("stage"));
+    EXPECT_GE(st.at("forward_ms").get<double>(), 0.0);
+    staged += st.at("forward_ms").get<double>() + st.at("backward_ms").get<double>();
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"patching", "encoder", "global", "decoder", "rest"}));
+  EXPECT_EQ(t.at("stages")[0].at("backward_ms").get<double>(), 0.0);  // no gradient reaches the patcher
+  for (int i = 1; i <= 3; ++i) EXPECT_GT(t.at("stages")[i].at("backward_ms").get<double>(), 0.0) << names[i];
+  EXPECT_GT(staged, 0.0);
+  EXPECT_NE(out.find("clip+AdamW"), std::string::npos) << out;
+
+  const fs::path gen_json = dir.path() / "gen.json";
+  ASSERT_EQ(cli({"bench", "generate", "--model", blt, "--vocab", "260", "--compare", "24", "--prompt-tokens", "8",
+                 "--device", "cpu", "--json", gen_json.string()},
+                &out, &err),
+            0)
+      << err;
+  const nlohmann::json g = nlohmann::json::parse(std::ifstream(gen_json));
+  EXPECT_EQ(g.at("generated_tokens"), 24);
+  EXPECT_EQ(g.at("identical_leading_tokens"), 24) << out;
+  EXPECT_GT(g.at("cached_tokens_per_s").get<double>(), 0.0);
+  EXPECT_GT(g.at("uncached_tokens_per_s").get<double>(), 0.0);
+  EXPECT_EQ(cli({"bench", "generate", "--model", blt, "--checkpoint", "x", "--compare", "4"}, &out, &err), 2);
+}
+
 // The quickstart's shape on a smaller config: prepare (bytes and BPE) -> train at equal FLOPs -> exact
 // bits per byte -> samples -> comparison table and plot; the loss must clearly decrease.
 TEST(Cli, ComparisonRecipeRunsBothArmsAndWritesSummary) {
