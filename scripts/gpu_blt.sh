@@ -54,13 +54,18 @@ fi
 if [ "$PART" = recipe ]; then
   sed "s/threshold: 2.0, patch_size: 4.5/threshold: $THETA, patch_size: 4.5/" recipes/blt_vs_bpe_gpu.yaml > "$OUT/blt_vs_bpe_gpu.yaml"
   grep -q "threshold: $THETA" "$OUT/blt_vs_bpe_gpu.yaml"
+  # The entropy-patched arm first: the generation comparison needs it.
+  "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" --variant blt_entropy > "$OUT/recipe-blt_entropy.log" 2>&1 \
+    || tail -40 "$OUT/recipe-blt_entropy.log"
+  log "blt_entropy arm trained"
+  "$TESSERA" bench generate --checkpoint runs/blt_vs_bpe_gpu/blt_entropy --data runs/blt_gpu/data --compare 4096 \
+    --prompt-tokens 64 --device cuda --json "$OUT/generate-compare.json" 2>&1 | tee "$OUT/generate-compare.txt"
+  log "generation compared"
   "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" > "$OUT/recipe.log" 2>&1 || tail -40 "$OUT/recipe.log"
   for f in summary.md summary.json bpb_vs_flops.png bpb_by_position.png; do
     cp "runs/blt_vs_bpe_gpu/$f" "$OUT/" 2>/dev/null || true
   done
-  tail -30 "$OUT/recipe.log"
+  grep -E "^== |steps|tokens/s" "$OUT/recipe.log" | tail -20 || true
+  cat "$OUT/summary.md" 2>/dev/null || true
   log "recipe done"
-  "$TESSERA" bench generate --checkpoint runs/blt_vs_bpe_gpu/blt_entropy --data runs/blt_gpu/data --compare 4096 \
-    --prompt-tokens 64 --device cuda --json "$OUT/generate-compare.json" 2>&1 | tee "$OUT/generate-compare.txt"
-  log "generation compared"
 fi
