@@ -47,9 +47,16 @@ GenerateBenchResult compare_cached(const GenerateBenchOptions& o, const c10::Dev
   auto state = model->start_decoding(1, total);
   at::Tensor next = model->step(prompt, *state).select(1, -1).argmax(-1, /*keepdim=*/true);
   std::vector<int64_t> cached{next.item<int64_t>()};
+  // Progress on stderr, so that a run cut off by a time limit still says how far each half got.
+  auto progress = [&](const char* what, int64_t done, std::chrono::steady_clock::time_point since) {
+    if (done % 512 != 0) return;
+    std::fprintf(stderr, "bench generate: %s %ld/%ld tokens in %.1f s\n", what, (long)done, (long)o.compare_tokens,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count());
+  };
   for (int64_t i = 1; i < o.compare_tokens; ++i) {
     next = model->step(next, *state).select(1, -1).argmax(-1, /*keepdim=*/true);
     cached.push_back(next.item<int64_t>());
+    progress("cached", i + 1, t0);
   }
   synchronize(device);
   const double cached_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -65,6 +72,7 @@ GenerateBenchResult compare_cached(const GenerateBenchOptions& o, const c10::Dev
     next = model->forward(b).logits.select(1, -1).argmax(-1, /*keepdim=*/true);
     full.push_back(next.item<int64_t>());
     seq = at::cat({seq, next}, 1);
+    progress("uncached", i + 1, t0);
   }
   synchronize(device);
   const double full_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
