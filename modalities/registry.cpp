@@ -4,8 +4,12 @@
 #include <set>
 #include <utility>
 
+#include "core/data/latents.h"
 #include "core/error.h"
 #include "modalities/bytes/bytes_adapter.h"
+#include "modalities/image_latent/vae.h"
+#include "modalities/image_vq/vq_tokenizer.h"
+#include "modalities/speech_units/speech_units_adapter.h"
 #include "modalities/text_bpe/sentencepiece_adapter.h"
 
 namespace tessera {
@@ -46,6 +50,9 @@ const std::vector<std::pair<std::string, Factory>>& factories() {
   static const std::vector<std::pair<std::string, Factory>> table = {
       {BytesAdapter::kType, make_bytes},
       {SentencePieceAdapter::kType, make_sentencepiece},
+      {image::ImageVqAdapter::kType, image::make_image_vq_adapter},
+      {image::ImageLatentAdapter::kType, image::make_image_latent_adapter},
+      {speech::SpeechUnitsAdapter::kType, speech::make_speech_units_adapter},
   };
   return table;
 }
@@ -76,12 +83,32 @@ std::shared_ptr<const Adapter> make_adapter(const nlohmann::json& description, c
   fail("unknown adapter type '", type, "' (known: ", known, ")");
 }
 
+std::pair<std::string, std::string> segment_delimiters(const std::string& media) {
+  if (media == modality::kImage) return {"<boi>", "<eoi>"};
+  if (media == modality::kAudio) return {"<boa>", "<eoa>"};
+  fail("segments of modality '", media, "' have no delimiter specials (images and audio do)");
+}
+
 VocabLayout layout_for(const std::vector<std::shared_ptr<const Adapter>>& adapters) {
   check(!adapters.empty(), "vocabulary layout: no adapters");
   for (const auto& a : adapters) check(a != nullptr, "vocabulary layout: a null adapter");
   if (adapters.size() == 1 && adapters[0]->name() == BytesAdapter::kName) return VocabLayout::bytes();
 
   std::vector<std::string> specials = {"<pad>", "<bos>", "<eos>"};
+  // Mixed-modal documents delimit each media segment (<boi> ... <eoi>, <boa> ... <eoa>), and continuous
+  // latents stand in the token stream as <latent> placeholders. Text-only layouts get none of these.
+  for (const char* media : {modality::kImage, modality::kAudio}) {
+    bool present = false;
+    for (const auto& a : adapters) present = present || a->modality() == media;
+    if (!present) continue;
+    const auto [begin, end] = segment_delimiters(media);
+    specials.push_back(begin);
+    specials.push_back(end);
+  }
+  bool continuous = false;
+  for (const auto& a : adapters) continuous = continuous || a->vocab_size() == 0;
+  if (continuous) specials.push_back(kLatentSpecial);
+
   std::vector<ModalityRange> ranges;
   std::set<std::string> names;
   int64_t offset = static_cast<int64_t>(specials.size());

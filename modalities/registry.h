@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/data/sample.h"
@@ -12,7 +13,7 @@
 
 namespace tessera {
 
-// The `type`s make_adapter knows: "bytes", "sentencepiece".
+// The `type`s make_adapter knows: "bytes", "sentencepiece", "image_vq", "image_latent", "speech_units".
 std::vector<std::string> adapter_types();
 
 // Rebuilds an adapter from its describe() (or a recipe's equivalent). Relative artifact paths are
@@ -22,9 +23,15 @@ std::vector<std::string> adapter_types();
 std::shared_ptr<const Adapter> make_adapter(const nlohmann::json& description, const std::filesystem::path& base_dir);
 
 // The model's id space for these adapters. A single bytes adapter gives VocabLayout::bytes() exactly
-// (BLT's ids); otherwise the specials <pad>, <bos>, <eos>, then each discrete adapter's range at
-// consecutive offsets, named by the adapter's name(). Continuous adapters take no ids.
+// (BLT's ids); otherwise the specials <pad>, <bos>, <eos>, then <boi>, <eoi> when an adapter encodes
+// images, <boa>, <eoa> when one encodes audio, <latent> when one is continuous (vocab_size 0), then each
+// discrete adapter's range at consecutive offsets, named by the adapter's name(). Continuous adapters
+// take no range.
 VocabLayout layout_for(const std::vector<std::shared_ptr<const Adapter>>& adapters);
+
+// The specials around a media segment in a mixed-modal document: {"<boi>", "<eoi>"} for images,
+// {"<boa>", "<eoa>"} for audio; an error for other modalities.
+std::pair<std::string, std::string> segment_delimiters(const std::string& media);
 
 // Adapter ids -> model ids (+ the offset of the adapter's range in `layout`); ids outside the adapter's
 // vocabulary, or a layout whose range does not fit the adapter, are errors.

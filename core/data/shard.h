@@ -103,6 +103,8 @@ class ShardWriter {
   void add(const std::vector<int64_t>& doc_tokens, int64_t text_bytes);
   // Writes the last shard and returns the split's shards and totals.
   SplitInfo finish();
+  // The number of the shard the last add() went into (sidecars, e.g. latents, follow the shards).
+  int64_t current_shard() const { return static_cast<int64_t>(info_.shards.size()); }
 
  private:
   void flush();

@@ -2,9 +2,12 @@
 
 #include <ftw.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <fstream>
+#include <vector>
 
 #include "core/error.h"
 
@@ -33,6 +36,27 @@ void remove_tree(const std::filesystem::path& path) {
   std::error_code ec;
   remove_tree(path, ec);
   check(!ec, "cannot delete '", path.string(), "': ", ec.message());
+}
+
+uint32_t file_crc32(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  check(static_cast<bool>(in), "cannot open '", path.string(), "'");
+  std::vector<char> buffer(1 << 20);
+  uLong crc = ::crc32(0L, Z_NULL, 0);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    crc = ::crc32(crc, reinterpret_cast<const Bytef*>(buffer.data()), static_cast<uInt>(in.gcount()));
+  }
+  check(!in.bad(), "cannot read '", path.string(), "'");
+  return static_cast<uint32_t>(crc);
+}
+
+std::filesystem::path resolve_artifact(const std::filesystem::path& path, const std::filesystem::path& base_dir,
+                                       const std::string& default_name) {
+  std::filesystem::path p = path.is_relative() && !base_dir.empty() ? base_dir / path : path;
+  std::error_code ec;
+  if (std::filesystem::is_directory(p, ec)) p /= default_name;
+  return p;
 }
 
 }  // namespace tessera

@@ -1,7 +1,9 @@
 // Small file-system helpers shared by every layer.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <string>
 #include <system_error>
 
 namespace tessera {
@@ -12,5 +14,14 @@ namespace tessera {
 // a copy that crashes on non-empty folders.
 void remove_tree(const std::filesystem::path& path);
 void remove_tree(const std::filesystem::path& path, std::error_code& ec) noexcept;
+
+// CRC-32 (zlib) of a file's bytes: what adapter descriptions record to catch a changed artifact.
+uint32_t file_crc32(const std::filesystem::path& path);
+
+// The artifact file `path` names (a trained tokenizer, VAE, k-means codebook, vocoder): `path` resolved
+// against `base_dir` when relative (and base_dir is not empty), or `default_name` inside it when it is a
+// folder (a run directory).
+std::filesystem::path resolve_artifact(const std::filesystem::path& path, const std::filesystem::path& base_dir,
+                                       const std::string& default_name);
 
 }  // namespace tessera

@@ -29,6 +29,8 @@
 #include "eval/bench/train_bench.h"
 #include "modalities/bytes/patching.h"
 #include "recipes/cli/recipe.h"
+#include "recipes/cli/task_image.h"
+#include "recipes/cli/task_speech.h"
 #include "recipes/cli/tasks.h"
 
 namespace tessera::cli {
@@ -683,6 +685,11 @@ int patch_command(const Args& args) {
 }
 
 int generate_command(const Args& args) {
+  // Image token files <-> PNGs through a trained VQ tokenizer (task_image.h).
+  if (!args.empty() && args[0] == "decode-image") return decode_image_command(Args(args.begin() + 1, args.end()));
+  if (!args.empty() && args[0] == "encode-image") return encode_image_command(Args(args.begin() + 1, args.end()));
+  // Unit ids -> WAV through a trained vocoder (task_speech.h).
+  if (!args.empty() && args[0] == "decode-units") return decode_units_command(Args(args.begin() + 1, args.end()));
   cxxopts::Options o("tessera generate", "Sample from a checkpoint (KV-cached incremental decoding).\n");
   o.add_options()("path", "checkpoint dir, run dir or checkpoints/ dir", cxxopts::value<std::string>())(
       "prompt", "text to continue (default: the recipe's generate.prompt)", cxxopts::value<std::string>())(

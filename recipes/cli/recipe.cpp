@@ -6,6 +6,7 @@
 
 #include "architectures/blt.h"
 #include "architectures/registry.h"
+#include "core/data/latents.h"
 #include "core/data/packer.h"
 #include "core/data/shard.h"
 #include "modalities/registry.h"
@@ -105,7 +106,7 @@ PrepareResult prepare_recipe_data(const LoadedRecipe& recipe, bool force, bool q
   const fs::path dir = dataset_dir(recipe);
   if (!c.data.has_prepare()) {
     check(fs::exists(dir / "index.json"), "dataset ", dir.string(),
-          " is not prepared and the recipe has no data.prepare.corpus.inputs to prepare it from; run "
+          " is not prepared and the recipe has no data.prepare.corpus.inputs or data.prepare.pairs to prepare it from; run "
           "`tessera prepare` or set data.dataset to a prepared folder");
     PrepareResult r;
     r.dir = dir;
@@ -118,6 +119,8 @@ PrepareResult prepare_recipe_data(const LoadedRecipe& recipe, bool force, bool q
 
 DataBundle make_data(const DataConfig& config, const fs::path& dir, uint64_t seed) {
   const DatasetIndex index = DatasetIndex::load(dir);
+  // Latents live in sidecars that this token loader does not read (Transfusion will).
+  reject_latent_placeholders(index, dir, config.allow_latent_placeholders, "data.allow_latent_placeholders");
   DataBundle out;
   out.dir = dir;
   out.layout = index.layout;
@@ -248,9 +251,9 @@ LoadedCheckpoint load_trained(const fs::path& path) {
   load_parameters(*out.model, tensors, (out.dir / "model.safetensors").string());
   attach_entropy_model(*out.model, out.layout);
   const nlohmann::json adapters = out.state.value("adapters", nlohmann::json::array());
-  check(adapters.is_array() && adapters.size() == 1, out.dir.string(),
+  check(adapters.is_array() && !adapters.empty(), out.dir.string(),
         "/state.json names no text adapter (\"adapters\"); it was written by an older Tessera: retrain");
-  out.adapter = make_adapter(adapters[0], out.dir);
+  out.adapter = make_adapter(adapters[0], out.dir);  // the text adapter: prepare records media adapters after it
   return out;
 }
 

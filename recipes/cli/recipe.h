@@ -21,15 +21,17 @@
 namespace tessera {
 
 // Where a recipe's data comes from: a prepared dataset folder (index.json + shards), built by `prepare`
-// from `prepare.corpus` when that lists inputs (a no-op once it is up to date).
+// from `prepare.corpus` when that lists inputs, or from `prepare.pairs` when that names a source (a
+// no-op once it is up to date).
 struct DataConfig {
   std::string dataset;    // "" -> <run_dir>/data
-  PrepareConfig prepare;  // used when prepare.corpus.inputs is not empty
+  PrepareConfig prepare;  // used when it has inputs (corpus.inputs or pairs.source)
   int64_t seq_len = 256;
   int64_t batch_size = 16;
   bool doc_mask = true;
   int64_t prefetch = 2;
   bool verify_checksums = true;
+  bool allow_latent_placeholders = false;
 
   template <class V>
   void fields(V& v) {
@@ -40,8 +42,11 @@ struct DataConfig {
     v.optional("doc_mask", doc_mask, "block-diagonal attention across packed documents");
     v.optional("prefetch", prefetch, "batches prepared ahead on a worker thread (0: none)");
     v.optional("verify_checksums", verify_checksums, "check every shard's CRC32 when opening it");
+    v.optional("allow_latent_placeholders", allow_latent_placeholders,
+               "train a token model on a dataset whose images are continuous latents (their <latent> "
+               "placeholders become ordinary tokens; normally an error)");
   }
-  bool has_prepare() const { return !prepare.corpus.inputs.empty(); }
+  bool has_prepare() const { return prepare.has_inputs(); }
 };
 
 // One arm of a comparison recipe: the base recipe with `set` merged over it, run in <run_dir>/<name>.

@@ -2,12 +2,19 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "recipes/cli/task_image.h"
+#include "recipes/cli/task_speech.h"
 
 namespace tessera::cli {
 
 const std::vector<TaskRecipe>& task_recipes() {
   // One row per artifact-training recipe kind; each function lives in its own task_*.cpp.
   static const std::vector<TaskRecipe> table = {
+      {"vq_tokenizer", "train a VQ image tokenizer: discrete image tokens (modalities/image_vq)", vq_tokenizer_task},
+      {"vae", "train a KL image VAE: continuous latents for Transfusion (modalities/image_latent)", vae_task},
+      {"speech_corpus", "synthesise a speech-text corpus with espeak-ng (modalities/speech_units)", speech_corpus_task},
+      {"speech_units", "fit k-means speech units on MFCC/log-mel features (modalities/speech_units)", speech_units_task},
+      {"vocoder", "train a units -> log-mel vocoder with Griffin-Lim resynthesis, report MCD", vocoder_task},
   };
   return table;
 }

@@ -76,7 +76,8 @@ TEST(Registry, UnknownTypeListsTheKnownOnes) {
   const std::string message = what_of([] { make_adapter({{"type", "wordpiece"}}, {}); });
   EXPECT_TRUE(contains(message, "wordpiece")) << message;
   for (const auto& type : adapter_types()) EXPECT_TRUE(contains(message, type)) << message;
-  EXPECT_EQ(adapter_types(), (std::vector<std::string>{"bytes", "sentencepiece"}));
+  EXPECT_EQ(adapter_types(),
+            (std::vector<std::string>{"bytes", "sentencepiece", "image_vq", "image_latent", "speech_units"}));
   EXPECT_THROW(make_adapter(nlohmann::json::array(), {}), Error);
   EXPECT_THROW(make_adapter({{"model", "x.model"}}, {}), Error);
   EXPECT_THROW(make_adapter({{"type", "sentencepiece"}}, {}), Error);  // no model path

@@ -15,6 +15,7 @@
 #include "core/train/metrics.h"
 #include "recipes/cli/commands.h"
 #include "recipes/cli/recipe.h"
+#include "cli_test_util.h"
 
 namespace tessera {
 namespace {
@@ -63,15 +64,6 @@ TrainResult train_recipe(const fs::path& recipe, const std::vector<std::string>&
   return train(setup, resume);
 }
 
-int cli(const std::vector<std::string>& args, std::string* out = nullptr, std::string* err = nullptr) {
-  testing::internal::CaptureStdout();
-  testing::internal::CaptureStderr();
-  const int rc = cli::main_dispatch(args);
-  const std::string o = testing::internal::GetCapturedStdout(), e = testing::internal::GetCapturedStderr();
-  if (out) *out = o;
-  if (err) *err = e;
-  return rc;
-}
 
 TEST(Train, WritesCheckpointsMetricsAndResolvedConfig) {
   TempDir dir;
