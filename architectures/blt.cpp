@@ -310,6 +310,12 @@ at::Tensor BLTModel::embed(const at::Tensor& tokens) {
 }
 
 at::Tensor BLTModel::entropies(const Batch& batch) {
+  // Precomputed by `tessera patch entropies` (the recipe layer checked they come from this entropy model).
+  if (batch.entropies.defined()) {
+    check(batch.entropies.sizes() == batch.tokens.sizes(), "blt: batch entropies ", batch.entropies.sizes(),
+          " do not match the tokens ", batch.tokens.sizes());
+    return batch.entropies.to(at::kFloat);
+  }
   check(entropy_model_ != nullptr, "blt: patcher.mode is 'entropy' but no entropy model is attached; call "
         "BLTModel::set_entropy_model(), or pass patch lengths to forward_with_patches()");
   torch::NoGradGuard no_grad;

@@ -271,8 +271,8 @@ class BLTModel : public LanguageModel {
   Outputs forward_with_patches(const Batch& batch, const at::Tensor& patch_lengths);
   // The lengths forward() uses for this batch (include_next_token), on the CPU.
   at::Tensor patch_lengths(const Batch& batch);
-  // Per-byte entropies [B, N] (float32, nats) of the attached entropy model over batch.tokens (and
-  // doc_ids, when given), under no_grad.
+  // Per-byte entropies [B, N] (float32, nats): the batch's precomputed ones (Batch::entropies) when it
+  // has them, else the attached entropy model's over batch.tokens (and doc_ids, when given), under no_grad.
   at::Tensor entropies(const Batch& batch);
 
   // The configured patcher's patches of the rows themselves (without the generation-time next byte).

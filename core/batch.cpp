@@ -20,6 +20,7 @@ Batch Batch::to(const at::Device& device) const {
   out.modality = move(modality);
   out.doc_ids = move(doc_ids);
   out.positions = move(positions);
+  out.entropies = move(entropies);
   out.patch_lengths = patch_lengths;  // read on the host by the patch bookkeeping: stays where it is
   return out;
 }

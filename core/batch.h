@@ -18,6 +18,9 @@ struct Batch {
   at::Tensor patch_lengths;  // [B, P] int64 patch lengths (BLT, optional): precomputed boundaries, each row
                              // summing to T + 1 with a first patch of 1 (the released layout); when absent
                              // BLT patches with its own patcher
+  at::Tensor entropies;  // [B, T] float32 next-byte entropies (nats) of the tokens (BLT, optional): computed
+                         // once by `tessera patch entropies` and stored beside the shards; BLT's entropy
+                         // patcher uses them instead of running its entropy model
 
   int64_t batch_size() const { return tokens.size(0); }
   int64_t seq_len() const { return tokens.size(1); }

@@ -45,6 +45,14 @@ if [ "$PART" = bench ]; then
   SPACE="${SPACE/, entropy_model: runs\/blt_gpu\/entropy_model/}"
   "$TESSERA" bench train --model "$SPACE" --data runs/blt_gpu/data --batch 8 --seq 4096 --steps "$STEPS" --warmup "$WARMUP" \
     --stages "$STAGES" --device cuda --json "$OUT/train-blt400m-space.json" 2>&1 | tee "$OUT/train-blt400m-space.txt"
+  # The same with the entropies precomputed beside the shards (tessera patch entropies): no entropy model
+  # in the step. A copy of the dataset, so that the recipe below still runs the model on the fly.
+  rm -rf runs/blt_gpu/data_entropies && cp -r runs/blt_gpu/data runs/blt_gpu/data_entropies
+  "$TESSERA" patch entropies recipes/blt_vs_bpe_gpu.yaml --variant blt_entropy data.dataset=runs/blt_gpu/data_entropies \
+    --device cuda 2>&1 | tee "$OUT/entropies.txt"
+  "$TESSERA" bench train --model "$BLT" --data runs/blt_gpu/data_entropies --batch 8 --seq 4096 --steps "$STEPS" \
+    --warmup "$WARMUP" --stages "$STAGES" --device cuda --json "$OUT/train-blt400m-precomputed.json" 2>&1 \
+    | tee "$OUT/train-blt400m-precomputed.txt"
   "$TESSERA" bench train --model "{arch: dense, dim: 1280, n_layers: 24, n_heads: 10, max_seq_len: 4096}" \
     --data runs/blt_gpu/data --batch 8 --seq 4096 --steps "$STEPS" --warmup "$WARMUP" --device cuda \
     --json "$OUT/train-dense-bytes.json" 2>&1 | tee "$OUT/train-dense-bytes.txt"

@@ -89,6 +89,10 @@ int64_t PackedRowSource::batches_per_epoch() const {
   return drops_partial() ? std::max<int64_t>(1, rows / bs) : (rows + bs - 1) / bs;
 }
 
+void TokenStore::read_entropies(int64_t, int64_t, float*) const {
+  fail("internal: this token store has no entropies (check has_entropies() first)");
+}
+
 Batch PackedRowSource::take(Cursor& c) const {
   const int64_t bs = options_.batch_size, seq_len = options_.seq_len;
   ensure_order(c);
@@ -113,6 +117,8 @@ Batch PackedRowSource::take(Cursor& c) const {
   int64_t* tgt = targets.data_ptr<int64_t>();
   float* mask = loss_mask.data_ptr<float>();
   int64_t* dd = doc_ids.defined() ? doc_ids.data_ptr<int64_t>() : nullptr;
+  at::Tensor entropies = store_->has_entropies() ? at::zeros({b, seq_len}, at::kFloat) : at::Tensor();
+  float* ent = entropies.defined() ? entropies.data_ptr<float>() : nullptr;
   std::vector<int64_t> row_tokens(width), row_docs(dd ? width : 0);  // one row of seq_len + 1
   for (int64_t r = 0; r < b; ++r) {
     const int64_t row = c.order[c.cursor + r];
@@ -121,6 +127,8 @@ Batch PackedRowSource::take(Cursor& c) const {
     if (avail > 0) store_->read(row * seq_len, avail, row_tokens.data(), dd ? row_docs.data() : nullptr);
     std::fill(row_tokens.begin() + avail, row_tokens.end(), pad_);
     const int64_t o = r * seq_len;
+    // The inputs' entropies (padding keeps 0).
+    if (ent && avail > 0) store_->read_entropies(row * seq_len, std::min(avail, seq_len), ent + o);
     std::copy(row_tokens.begin(), row_tokens.end() - 1, tok + o);
     std::copy(row_tokens.begin() + 1, row_tokens.end(), tgt + o);
     // A document's first token cannot be predicted from the previous document; padding is no target.
@@ -139,6 +147,7 @@ Batch PackedRowSource::take(Cursor& c) const {
   batch.targets = std::move(targets);
   batch.loss_mask = std::move(loss_mask);
   if (dd) batch.doc_ids = std::move(doc_ids);
+  if (ent) batch.entropies = std::move(entropies);
   return batch;
 }
 

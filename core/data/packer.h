@@ -28,6 +28,10 @@ class TokenStore {
   // `doc_index`. The range must lie within [0, size()).
   virtual void read(int64_t begin, int64_t n, int64_t* tokens, int64_t* doc_index) const = 0;
   virtual int64_t text_bytes() const = 0;  // UTF-8 bytes of the text the tokens encode (bits-per-byte)
+  // Per-token next-byte entropies stored beside the tokens (BLT; core/data/entropies.h), if any.
+  virtual bool has_entropies() const { return false; }
+  // Copies entropies [begin, begin + n) as float32; only when has_entropies().
+  virtual void read_entropies(int64_t begin, int64_t n, float* out) const;
 };
 
 // An in-memory token stream with the global document index of every token (tests, small corpora).

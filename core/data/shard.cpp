@@ -15,6 +15,7 @@
 #include <sstream>
 #include <utility>
 
+#include "core/data/entropies.h"
 #include "core/error.h"
 #include "core/io/durable.h"
 
@@ -454,13 +455,39 @@ std::shared_ptr<ShardedSplit> ShardedSplit::open(const fs::path& dir, const Data
   return s;
 }
 
+size_t ShardedSplit::shard_of(int64_t begin) const {
+  // The last shard starting at or before `begin` (empty shards share a start).
+  return static_cast<size_t>(std::upper_bound(token_start_.begin(), token_start_.end(), begin) -
+                             token_start_.begin() - 1);
+}
+
+void ShardedSplit::attach_entropies(const fs::path& dir) {
+  std::vector<at::Tensor> loaded;
+  for (const ShardFile& f : shards_) loaded.push_back(read_shard_entropies(dir, f.path().filename().string(), f.tokens()));
+  entropies_ = std::move(loaded);
+}
+
+void ShardedSplit::read_entropies(int64_t begin, int64_t n, float* out) const {
+  check(has_entropies(), "internal: no entropies attached to this split");
+  check(begin >= 0 && n >= 0 && begin + n <= tokens_, "internal: reading entropies [", begin, ", ", begin + n,
+        ") of a split of ", tokens_, " tokens");
+  if (n == 0) return;
+  auto s = shard_of(begin);
+  for (int64_t done = 0; done < n; ++s) {
+    const int64_t local = begin + done - token_start_[s];
+    const int64_t count = std::min(n - done, shards_[s].tokens() - local);
+    if (count <= 0) continue;
+    const at::Half* h = entropies_[s].data_ptr<at::Half>() + local;
+    for (int64_t i = 0; i < count; ++i) out[done + i] = static_cast<float>(h[i]);
+    done += count;
+  }
+}
+
 void ShardedSplit::read(int64_t begin, int64_t n, int64_t* tokens, int64_t* doc_index) const {
   check(begin >= 0 && n >= 0 && begin + n <= tokens_, "internal: reading tokens [", begin, ", ", begin + n,
         ") of a split of ", tokens_, " tokens");
   if (n == 0) return;
-  // The shard holding `begin`: the last one starting at or before it (empty shards share a start).
-  auto s = static_cast<size_t>(std::upper_bound(token_start_.begin(), token_start_.end(), begin) -
-                               token_start_.begin() - 1);
+  auto s = shard_of(begin);
   for (int64_t done = 0; done < n; ++s) {
     const ShardFile& f = shards_[s];
     const int64_t local = begin + done - token_start_[s];

@@ -174,12 +174,20 @@ class ShardedSplit : public TokenStore {
   void read(int64_t begin, int64_t n, int64_t* tokens, int64_t* doc_index) const override;
   int64_t text_bytes() const override { return bytes_; }
 
+  // Loads the split's entropy sidecars from `dir` (core/data/entropies.h; float16 in memory, 2 bytes per
+  // token); read_entropies() then serves them beside the tokens.
+  void attach_entropies(const std::filesystem::path& dir);
+  bool has_entropies() const override { return !entropies_.empty(); }
+  void read_entropies(int64_t begin, int64_t n, float* out) const override;
+
  private:
   ShardedSplit() = default;
+  size_t shard_of(int64_t begin) const;  // the shard holding token `begin` of the split
 
   std::vector<ShardFile> shards_;
   std::vector<int64_t> token_start_;  // first token of each shard in the split; then the total
   std::vector<int64_t> doc_start_;    // first document of each shard in the split
+  std::vector<at::Tensor> entropies_;  // per shard, float16 [tokens], when attached
   int64_t tokens_ = 0, docs_ = 0, bytes_ = 0;
 };
 

@@ -9,6 +9,7 @@
 
 #include "architectures/registry.h"
 #include "core/config.h"
+#include "core/data/entropies.h"
 #include "core/data/packer.h"
 #include "core/data/shard.h"
 #include "core/error.h"
@@ -56,7 +57,12 @@ BenchData bench_batches(const std::string& dataset, const std::string& split, in
   options.shuffle = true;
   options.seed = seed;
   options.doc_mask = false;
-  PackedRowSource source(ShardedSplit::open(dataset, index, split, /*verify=*/false), index.layout, options);
+  auto store = ShardedSplit::open(dataset, index, split, /*verify=*/false);
+  if (has_entropies(dataset)) {  // BLT then patches from the stored entropies, as in training
+    read_entropies_info(dataset, index);
+    store->attach_entropies(dataset);
+  }
+  PackedRowSource source(store, index.layout, options);
   check(source.batches_per_epoch() > 0, "bench: the ", split, " split of ", dataset, " has fewer than ", batch_size,
         " rows of ", seq_len, " tokens; lower --batch or --seq");
   for (int64_t i = 0; i < count; ++i) out.batches.push_back(source.next());

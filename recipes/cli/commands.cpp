@@ -14,6 +14,7 @@
 #include "architectures/blt.h"
 #include "architectures/registry.h"
 #include "core/config.h"
+#include "core/data/entropies.h"
 #include "core/error.h"
 #include "core/io/files.h"
 #include "core/io/checkpoint.h"
@@ -166,6 +167,7 @@ nlohmann::json eval_stage(const fs::path& path, int64_t batches_override, const 
   DataConfig data_config = ckpt.recipe.data;
   data_config.prefetch = 0;
   DataBundle data = make_data(data_config, dir, static_cast<uint64_t>(ckpt.recipe.seed));
+  check_dataset_entropies(dir, *ckpt.model);
   require_same_layout(ckpt.layout, data.layout, "dataset " + dir.string());
   check(data.val != nullptr, "dataset ", dir.string(), " has no validation documents (prepare.val_fraction is 0); "
         "nothing to evaluate");
@@ -593,49 +595,134 @@ int prepare_command(const Args& args) {
   return 0;
 }
 
+namespace {
+
+// What the patch subcommands share: the recipe (or one variant), its BLT patcher settings, and the
+// entropy model (--entropy-model, else the recipe's model.entropy_model).
+struct PatchContext {
+  LoadedRecipe recipe;
+  blt::PatcherConfig patcher;
+  std::string entropy_path;
+};
+
+PatchContext patch_context(const cxxopts::ParseResult& r, const cxxopts::Options& o, const char* verb) {
+  PatchContext p{r.count("variant") ? load_recipe(positional(r, "recipe", o), overrides_of(r), r["variant"].as<std::string>())
+                                    : recipe_from(r, o),
+                 {}, {}};
+  const RecipeConfig& c = p.recipe.config;
+  p.patcher.mode = "entropy";
+  if (c.model && c.model["arch"] && c.model["arch"].Scalar() == "blt") {
+    const BLTConfig blt_config = config::parse<BLTConfig>(c.model, "model", p.recipe.file);
+    p.patcher = blt_config.patcher;
+    p.patcher.mode = "entropy";
+    p.entropy_path = blt_config.entropy_model;
+  }
+  if (r.count("entropy-model")) p.entropy_path = r["entropy-model"].as<std::string>();
+  check(!p.entropy_path.empty(), "patch ", verb, ": no entropy model; pass --entropy-model RUN_DIR (train one with "
+        "tessera run recipes/blt/entropy_model.yaml) or set model.entropy_model in the recipe");
+  prepare_recipe_data(p.recipe, false, true);
+  return p;
+}
+
+void add_patch_options(cxxopts::Options& o) {
+  add_recipe_options(o);
+  o.add_options()("entropy-model", "entropy model run dir or checkpoint (default: the recipe's model.entropy_model)",
+                  cxxopts::value<std::string>())("variant", "take the model and data of this variant",
+                                                 cxxopts::value<std::string>())(
+      "json", "write the result as JSON here", cxxopts::value<std::string>());
+}
+
+int patch_entropies_command(const Args& args) {
+  cxxopts::Options o("tessera patch entropies",
+                     "Run the entropy model once over the recipe's dataset and store every token's next-byte "
+                     "entropy beside the shards (float16), so that training and evaluation of entropy-patched "
+                     "BLT read them instead of running the entropy model in every step. Documents are cut into "
+                     "chunks, each preceded by --context earlier tokens (exact when the entropy model's "
+                     "receptive field, layers x sliding window, fits in it).\n");
+  add_patch_options(o);
+  o.add_options()("chunk", "tokens per row whose entropies are kept (default: max_seq_len - context)",
+                  cxxopts::value<int64_t>())(
+      "context", "earlier tokens before each chunk (default: the model's sliding window, else max_seq_len / 4)",
+      cxxopts::value<int64_t>())("batch", "rows per forward", cxxopts::value<int64_t>()->default_value("8"))(
+      "device", "auto, cpu or cuda (default: the entropy model's train.device)", cxxopts::value<std::string>());
+  cxxopts::ParseResult r;
+  if (!parse(o, args, r)) return 0;
+  const PatchContext p = patch_context(r, o, "entropies");
+  const fs::path dir = dataset_dir(p.recipe);
+  const DatasetIndex index = DatasetIndex::load(dir);
+  LoadedCheckpoint entropy = load_trained(p.entropy_path);
+  require_same_layout(index.layout, entropy.layout, "entropy model " + p.entropy_path);
+  const c10::Device device = select_device(r.count("device") ? r["device"].as<std::string>() : entropy.recipe.train.device);
+  const bool bf16 = use_bf16(entropy.recipe.train.precision, device);
+  entropy.model->to(device);
+  entropy.model->eval();
+  const YAML::Node mc = entropy.model->config_yaml();
+  const int64_t max_len = entropy.model->max_seq_len();
+  const int64_t window = mc["sliding_window"] ? mc["sliding_window"].as<int64_t>() : 0;
+  EntropyPassOptions options;
+  options.context = r.count("context") ? r["context"].as<int64_t>() : (window > 0 ? std::min(window, max_len / 2) : max_len / 4);
+  options.chunk = r.count("chunk") ? r["chunk"].as<int64_t>() : max_len - options.context;
+  options.batch_size = r["batch"].as<int64_t>();
+  options.pad_id = index.layout.has_special("<pad>") ? index.layout.special_id("<pad>") : 0;
+  check(options.chunk > 0 && options.chunk + options.context <= max_len, "patch entropies: chunk (", options.chunk,
+        ") + context (", options.context, ") must fit the entropy model's max_seq_len ", max_len);
+  LanguageModel& model = *entropy.model;
+  const EntropyFn entropies_of = [&](const at::Tensor& tokens, const at::Tensor& doc_ids) {
+    at::NoGradGuard no_grad;
+    AutocastGuard autocast(device.type(), bf16);
+    Batch b;
+    b.tokens = tokens.to(device);
+    b.doc_ids = doc_ids.to(device);
+    return blt::next_byte_entropies(model.forward(b).logits);
+  };
+  const EntropyPassResult result =
+      compute_dataset_entropies(dir, index, entropies_of, options, entropy_model_identity(entropy));
+  std::printf("entropies of %ld tokens in %s (mean %.3f nats) from %s in %.1fs: chunks of %ld after %ld tokens of "
+              "context, on %s\n",
+              (long)result.tokens, dir.string().c_str(), result.mean_entropy, entropy.dir.string().c_str(),
+              result.seconds, (long)options.chunk, (long)options.context, device_description(device).c_str());
+  if (r.count("json"))
+    write_text(r["json"].as<std::string>(), json_text({{"tokens", result.tokens},
+                                                       {"mean_entropy", result.mean_entropy},
+                                                       {"seconds", result.seconds},
+                                                       {"chunk", options.chunk},
+                                                       {"context", options.context},
+                                                       {"entropy_model", entropy.dir.string()}}));
+  return 0;
+}
+
+}  // namespace
+
 int patch_command(const Args& args) {
   const std::string usage =
       "usage: tessera patch calibrate RECIPE.yaml [key=value ...] --target BYTES [--entropy-model RUN] "
-      "[--variant V] [--rows N] [--json F]";
+      "[--variant V] [--rows N] [--json F]\n       tessera patch entropies RECIPE.yaml [key=value ...] "
+      "[--entropy-model RUN] [--variant V] [--chunk N] [--context N] [--batch N] [--device D]";
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::printf("%s\n  calibrate  the entropy threshold that gives a target mean patch size (BLT, entropy "
-                "patching) on the recipe's validation rows\n",
+                "patching) on the recipe's validation rows\n  entropies  precompute every token's next-byte "
+                "entropy beside the dataset's shards\n",
                 usage.c_str());
     return args.empty() ? 2 : 0;
   }
+  if (args[0] == "entropies") return patch_entropies_command(Args(args.begin() + 1, args.end()));
   if (args[0] != "calibrate") throw UsageError(str("unknown patch command '", args[0], "'; ", usage));
   cxxopts::Options o("tessera patch calibrate",
                      "Find the global entropy threshold that gives a target mean patch size: next-byte "
                      "entropies from the entropy model over the recipe's validation rows, then the patcher's "
                      "rule (the recipe's model.patcher when it is a BLT, else entropy/global). Prints the "
                      "threshold to set as model.patcher.threshold.\n");
-  add_recipe_options(o);
+  add_patch_options(o);
   o.add_options()("target", "mean patch size in bytes to aim for (BLT used 4.5)", cxxopts::value<double>())(
-      "entropy-model", "entropy model run dir or checkpoint (default: the recipe's model.entropy_model)",
-      cxxopts::value<std::string>())("variant", "take the model and data of this variant",
-                                     cxxopts::value<std::string>())(
-      "rows", "validation rows to use (0: all)", cxxopts::value<int64_t>()->default_value("64"))(
-      "json", "write the result as JSON here", cxxopts::value<std::string>());
+      "rows", "validation rows to use (0: all)", cxxopts::value<int64_t>()->default_value("64"));
   cxxopts::ParseResult r;
   if (!parse(o, Args(args.begin() + 1, args.end()), r)) return 0;
   if (!r.count("target")) throw UsageError("patch calibrate needs --target (mean bytes per patch, e.g. 4.5)");
-  const LoadedRecipe recipe = r.count("variant")
-                                  ? load_recipe(positional(r, "recipe", o), overrides_of(r), r["variant"].as<std::string>())
-                                  : recipe_from(r, o);
+  const PatchContext p = patch_context(r, o, "calibrate");
+  const LoadedRecipe& recipe = p.recipe;
   const RecipeConfig& c = recipe.config;
-  blt::PatcherConfig patcher;
-  patcher.mode = "entropy";
-  std::string entropy_path;
-  if (c.model && c.model["arch"] && c.model["arch"].Scalar() == "blt") {
-    const BLTConfig blt_config = config::parse<BLTConfig>(c.model, "model", recipe.file);
-    patcher = blt_config.patcher;
-    patcher.mode = "entropy";
-    entropy_path = blt_config.entropy_model;
-  }
-  if (r.count("entropy-model")) entropy_path = r["entropy-model"].as<std::string>();
-  check(!entropy_path.empty(), "patch calibrate: no entropy model; pass --entropy-model RUN_DIR (train one with "
-        "tessera run recipes/blt/entropy_model.yaml) or set model.entropy_model in the recipe");
-  prepare_recipe_data(recipe, false, true);
+  const blt::PatcherConfig& patcher = p.patcher;
+  const std::string& entropy_path = p.entropy_path;
   DataConfig data_config = c.data;
   data_config.prefetch = 0;
   DataBundle data = make_data(data_config, dataset_dir(recipe), static_cast<uint64_t>(c.seed));

@@ -6,15 +6,17 @@
 
 #include "architectures/blt.h"
 #include "architectures/registry.h"
+#include "core/config.h"
+#include "core/data/entropies.h"
 #include "core/data/latents.h"
 #include "core/data/packer.h"
 #include "core/data/shard.h"
-#include "modalities/registry.h"
-#include "core/config.h"
 #include "core/error.h"
 #include "core/io/checkpoint.h"
+#include "core/io/files.h"
 #include "core/train/runtime.h"
 #include "core/train/weights.h"
+#include "modalities/registry.h"
 #include "objectives/lm.h"
 
 namespace tessera {
@@ -135,15 +137,21 @@ DataBundle make_data(const DataConfig& config, const fs::path& dir, uint64_t see
   train_options.seed = seed;
   train_options.doc_mask = config.doc_mask;
   train_options.prefetch = static_cast<int>(config.prefetch);
-  out.train = std::make_shared<PackedRowSource>(ShardedSplit::open(dir, index, "train", config.verify_checksums),
-                                                out.layout, train_options);
+  // BLT entropies precomputed beside the shards (core/data/entropies.h) travel with every batch.
+  const bool entropies = has_entropies(dir);
+  if (entropies) read_entropies_info(dir, index);  // errors when the shards changed since
+  auto open_split = [&](const std::string& split) {
+    auto store = ShardedSplit::open(dir, index, split, config.verify_checksums);
+    if (entropies) store->attach_entropies(dir);
+    return store;
+  };
+  out.train = std::make_shared<PackedRowSource>(open_split("train"), out.layout, train_options);
   const auto val_it = index.splits.find("val");
   if (val_it != index.splits.end() && val_it->second.docs > 0) {
     PackerOptions val_options = train_options;
     val_options.shuffle = false;
     val_options.cover_all = true;  // every validation token is a target exactly once: exact bpb
-    out.val = std::make_shared<PackedRowSource>(ShardedSplit::open(dir, index, "val", config.verify_checksums),
-                                                out.layout, val_options);
+    out.val = std::make_shared<PackedRowSource>(open_split("val"), out.layout, val_options);
     out.val_size.targets = val_it->second.tokens - val_it->second.docs;
     out.val_size.bytes = val_it->second.bytes;
   }
@@ -172,6 +180,24 @@ void attach_entropy_model(LanguageModel& model, const VocabLayout& layout) {
   require_same_layout(layout, entropy.layout, "model.entropy_model " + path.string());
   entropy.model->eval();
   blt->set_entropy_model(entropy.model);
+}
+
+nlohmann::json entropy_model_identity(const LoadedCheckpoint& entropy) {
+  return {{"checkpoint", fs::absolute(entropy.dir).lexically_normal().string()},
+          {"step", entropy.state.value("step", int64_t{0})},
+          {"weights_crc32", file_crc32(entropy.dir / io::kModelFile)}};
+}
+
+void check_dataset_entropies(const fs::path& dataset, const LanguageModel& model) {
+  const auto* blt = dynamic_cast<const BLTModel*>(&model);
+  if (blt == nullptr || !has_entropies(dataset) || blt->config().entropy_model.empty()) return;
+  const nlohmann::json recorded = read_entropies_info(dataset, DatasetIndex::load(dataset)).at("entropy_model");
+  const uint32_t crc = file_crc32(io::resolve_checkpoint(blt->config().entropy_model) / io::kModelFile);
+  check(recorded.value("weights_crc32", uint32_t{0}) == crc, "dataset ", dataset.string(),
+        " holds entropies of the entropy model ", recorded.value("checkpoint", std::string("?")),
+        " but model.entropy_model is ", blt->config().entropy_model,
+        " (other weights): patches in training and in generation would differ. Recompute them with "
+        "`tessera patch entropies RECIPE`, or point model.entropy_model at the model that made them");
 }
 
 std::shared_ptr<Objective> make_objective(const std::string& name) {
@@ -205,6 +231,7 @@ TrainerSetup make_trainer_setup(const LoadedRecipe& recipe) {
   prepare_recipe_data(recipe, false, fs::exists(dataset_dir(recipe) / "index.json"));
   DataBundle data = make_data(c.data, dataset_dir(recipe), static_cast<uint64_t>(c.seed));
   auto model = make_model(c, recipe.file, data.layout);
+  check_dataset_entropies(data.dir, *model);
   if (c.train.flops_budget > 0) c.train.steps = steps_for_budget(c, *model);
   fs::create_directories(recipe.run_dir);
   const YAML::Node resolved = resolved_yaml(c, *model);

@@ -151,6 +151,10 @@ std::shared_ptr<LanguageModel> make_model(const RecipeConfig& recipe, const std:
 // attached; other models are left alone. The entropy model must share the data's vocabulary layout.
 void attach_entropy_model(LanguageModel& model, const VocabLayout& layout);
 
+// BLT entropies precomputed in a dataset must come from the model's own entropy model: an error naming
+// both otherwise (no-op for other models, datasets without entropies, or BLT without entropy_model).
+void check_dataset_entropies(const std::filesystem::path& dataset, const LanguageModel& model);
+
 std::shared_ptr<Objective> make_objective(const std::string& name);
 
 // Optimizer steps that spend train.flops_budget with this model and batch shape.
@@ -176,5 +180,8 @@ struct LoadedCheckpoint {
   std::shared_ptr<const Adapter> adapter;  // the text adapter the model was trained through
 };
 LoadedCheckpoint load_trained(const std::filesystem::path& path);
+
+// What entropies.json records of the entropy model that made a dataset's entropies.
+nlohmann::json entropy_model_identity(const LoadedCheckpoint& entropy);
 
 }  // namespace tessera

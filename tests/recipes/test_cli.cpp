@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "architectures/blt.h"
 #include "architectures/registry.h"
 #include "core/io/files.h"
 #include "core/error.h"
@@ -14,6 +15,7 @@
 #include "core/io/safetensors.h"
 #include "core/train/metrics.h"
 #include "recipes/cli/commands.h"
+#include "modalities/bytes/patching.h"
 #include "recipes/cli/recipe.h"
 #include "cli_test_util.h"
 
@@ -618,6 +620,52 @@ TEST(Cli, BltVersusBpeComparisonAndPatchCalibration) {
   EXPECT_EQ(cli({"patch", "calibrate", recipe.string(), "--variant", "blt_space", "--target", "3"}, &out, &err), 1);
   EXPECT_NE(err.find("no entropy model"), std::string::npos) << err;
   EXPECT_EQ(cli({"patch", "calibrate", recipe.string()}, &out, &err), 2);  // --target missing
+
+  // Entropies precomputed beside the shards. The entropy model is one layer with a 32-byte window, so a
+  // 32-byte context makes every stored value the model's own entropy over the document (float16 aside):
+  // rows of the loader (doc-masked) agree with the model run on them wherever a row holds the window.
+  ASSERT_EQ(cli({"patch", "entropies", recipe.string(), "--variant", "blt_entropy", "--chunk", "24", "--context",
+                 "32", "--device", "cpu"},
+                &out, &err),
+            0)
+      << err << out;
+  ASSERT_TRUE(fs::exists(bytes_data / "entropies.json"));
+  DataConfig rows;
+  rows.seq_len = 64;
+  rows.batch_size = 4;
+  rows.prefetch = 0;
+  DataBundle bundle = make_data(rows, bytes_data, 1);
+  LoadedCheckpoint entropy = load_trained(entropy_run);
+  entropy.model->eval();
+  int64_t compared = 0;
+  for (int b = 0; b < 3; ++b) {
+    const Batch batch = bundle.train->next();
+    ASSERT_TRUE(batch.entropies.defined());
+    at::Tensor direct;
+    {
+      at::NoGradGuard no_grad;
+      direct = blt::next_byte_entropies(entropy.model->forward(batch).logits);
+    }
+    const at::Tensor tail = at::arange(32, 64);  // positions whose whole window is in the row
+    const at::Tensor stored = batch.entropies.index_select(1, tail), recomputed = direct.index_select(1, tail);
+    EXPECT_LT((stored - recomputed).abs().max().item<double>(), 5e-3);
+    compared += stored.numel();
+  }
+  EXPECT_GT(compared, 0);
+  // Evaluating the entropy-patched arm reads them; another entropy model than the one that made them is
+  // an error naming the fix.
+  EXPECT_EQ(cli({"eval", (run / "blt_entropy").string(), "--device", "cpu"}, &out, &err), 0) << err;
+  const fs::path other = dir.path() / "entropy2";
+  ASSERT_EQ(cli({"train", entropy_recipe.string(), "run_dir=" + other.string(), "seed=5", "train.flops_budget=3.0e8"},
+                &out, &err),
+            0)
+      << err;
+  const fs::path arm = dir.path() / "arm.yaml";
+  std::ofstream(arm) << "name: arm\nrun_dir: " << (dir.path() / "arm").string() << "\nseed: 4\nmodel: " << blt
+                     << "patcher: {mode: entropy, threshold: 2.5}, entropy_model: " << other.string() << "}\n"
+                     << data << with_budget("1.0e8");
+  EXPECT_EQ(cli({"train", arm.string()}, &out, &err), 1);
+  EXPECT_NE(err.find("tessera patch entropies"), std::string::npos) << err;
 }
 
 // The shipped recipe resolves for both arms: nearly equal parameters, a context four chunks long.
