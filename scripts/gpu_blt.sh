@@ -67,7 +67,7 @@ if [ "$PART" = recipe ]; then
     || tail -40 "$OUT/recipe-blt_entropy.log"
   log "blt_entropy arm trained"
   "$TESSERA" bench generate --checkpoint runs/blt_vs_bpe_gpu/blt_entropy --data runs/blt_gpu/data --compare 4096 \
-    --prompt-tokens 64 --device cuda --json "$OUT/generate-compare.json" 2>&1 | tee "$OUT/generate-compare.txt"
+    --prompt-tokens 64 --uncached-samples 64 --device cuda --json "$OUT/generate-compare.json" 2>&1 | tee "$OUT/generate-compare.txt"
   log "generation compared"
   "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" > "$OUT/recipe.log" 2>&1 || tail -40 "$OUT/recipe.log"
   for f in summary.md summary.json bpb_vs_flops.png bpb_by_position.png; do

@@ -62,22 +62,52 @@ GenerateBenchResult compare_cached(const GenerateBenchOptions& o, const c10::Dev
   const double cached_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   state.reset();
 
-  // Uncached: the whole prefix through forward() for every new token.
+  // Uncached: the whole prefix through forward() for every new token. With uncached_samples, only at
+  // that many evenly spaced lengths (teacher-forced with the cached tokens); its cost, a smooth function
+  // of the length, is interpolated linearly over every length in between.
+  const int64_t G = o.compare_tokens;
+  const bool sampled = o.uncached_samples > 0 && o.uncached_samples < G;
+  std::vector<int64_t> positions;
+  if (sampled) {
+    for (int64_t j = 0; j < o.uncached_samples; ++j)
+      positions.push_back(o.uncached_samples == 1 ? 0 : j * (G - 1) / (o.uncached_samples - 1));
+  } else {
+    for (int64_t i = 0; i < G; ++i) positions.push_back(i);
+  }
+  const at::Tensor cached_ids = at::tensor(cached, at::kLong).view({1, G}).to(device);
+  std::vector<double> step_s;
+  int64_t agree = 0, agree_sampled = 0;
+  bool diverged = false;
   t0 = std::chrono::steady_clock::now();
   at::Tensor seq = prompt;
-  std::vector<int64_t> full;
-  for (int64_t i = 0; i < o.compare_tokens; ++i) {
+  for (size_t j = 0; j < positions.size(); ++j) {
+    const int64_t i = positions[j];
     Batch b;
-    b.tokens = seq;
+    // Sampled: the prompt and the cached tokens before i. Full: the uncached run's own prefix.
+    b.tokens = sampled ? at::cat({prompt, cached_ids.narrow(1, 0, i)}, 1) : seq;
+    synchronize(device);
+    const auto s0 = std::chrono::steady_clock::now();
     next = model->forward(b).logits.select(1, -1).argmax(-1, /*keepdim=*/true);
-    full.push_back(next.item<int64_t>());
-    seq = at::cat({seq, next}, 1);
-    progress("uncached", i + 1, t0);
+    const int64_t id = next.item<int64_t>();
+    step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
+    if (id == cached[i]) ++agree_sampled;
+    if (!sampled) {
+      diverged = diverged || id != cached[i];
+      if (!diverged) ++agree;
+      seq = at::cat({seq, next}, 1);
+    }
+    progress("uncached", static_cast<int64_t>(j) + 1, t0);
   }
-  synchronize(device);
-  const double full_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  int64_t agree = 0;
-  while (agree < o.compare_tokens && cached[agree] == full[agree]) ++agree;
+  double full_s = 0;
+  if (!sampled) {
+    for (double x : step_s) full_s += x;
+  } else {
+    for (size_t j = 0; j + 1 < positions.size(); ++j) {  // lengths positions[j] .. positions[j+1] - 1
+      const double span = static_cast<double>(positions[j + 1] - positions[j]);
+      full_s += span * (step_s[j] + 0.5 * (step_s[j + 1] - step_s[j]) * (span - 1) / span);
+    }
+    full_s += step_s.back();  // the last length itself
+  }
 
   GenerateBenchResult r;
   const double n = static_cast<double>(o.compare_tokens);
@@ -94,17 +124,26 @@ GenerateBenchResult compare_cached(const GenerateBenchOptions& o, const c10::Dev
             {"uncached_s", full_s},
             {"uncached_tokens_per_s", n / full_s},
             {"speedup", full_s / cached_s},
-            {"identical_leading_tokens", agree}};
-  char line[512];
+            {"identical_leading_tokens", sampled ? -1 : agree},
+            {"uncached_sampled_lengths", sampled ? o.uncached_samples : 0},
+            {"uncached_agreeing_samples", agree_sampled},
+            {"uncached_forward_s_first_last", {step_s.front(), step_s.back()}}};
+  char line[768];
   std::snprintf(line, sizeof line,
                 "%s %s params on %s (%s): greedy, %ld tokens after a %ld-token prompt\n"
                 "  cached (step + caches):        %8.2f s  %10.1f tokens/s\n"
-                "  uncached (full forward/token): %8.2f s  %10.1f tokens/s   (%.1fx slower)\n"
-                "  identical leading tokens: %ld of %ld\n",
+                "  uncached (full forward/token): %8.2f s  %10.1f tokens/s   (%.1fx slower)%s\n"
+                "  %s\n",
                 model->arch().c_str(), format_count(static_cast<double>(model->parameter_count())).c_str(),
-                device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", (long)o.compare_tokens,
-                (long)o.prompt_tokens, cached_s, n / cached_s, full_s, n / full_s, full_s / cached_s, (long)agree,
-                (long)o.compare_tokens);
+                device_description(device).c_str(), bf16 ? "bf16 autocast" : "fp32", (long)G, (long)o.prompt_tokens,
+                cached_s, n / cached_s, full_s, n / full_s, full_s / cached_s,
+                sampled ? str("\n    (forward timed at ", o.uncached_samples, " prefix lengths from ", o.prompt_tokens,
+                              " to ", o.prompt_tokens + G - 1, ": ", step_s.front() * 1e3, " to ", step_s.back() * 1e3,
+                              " ms, interpolated over all ", G, ")").c_str()
+                        : "",
+                sampled ? str("next token from the full forward = the cached one at ", agree_sampled, " of ",
+                              o.uncached_samples, " sampled lengths").c_str()
+                        : str("identical leading tokens: ", agree, " of ", G).c_str());
   r.summary = line;
   return r;
 }

@@ -35,6 +35,9 @@ struct GenerateBenchOptions {
   // reports tokens/s of each and how many leading tokens agree.
   int64_t compare_tokens = 0;
   int64_t prompt_tokens = 64;
+  // > 0: time the uncached forward at only this many evenly spaced lengths (teacher-forced with the
+  // cached tokens) and interpolate; the full quadratic run of a long generation can take many minutes.
+  int64_t uncached_samples = 0;
   std::string data;  // prompts from this prepared dataset's validation rows ("" = random ids)
   std::function<std::shared_ptr<LanguageModel>()> load_model;  // a trained model (replaces `model`)
   PrepareModelFn prepare_model;                               // run on a model built from `model`

@@ -935,6 +935,8 @@ int bench_generate_command(const Args& args) {
       "compare", "instead of the context sweep: greedy-generate this many tokens cached (step) and uncached "
       "(full forward per token) and compare", cxxopts::value<int64_t>()->default_value("0"))(
       "prompt-tokens", "with --compare: prompt length", cxxopts::value<int64_t>()->default_value("64"))(
+      "uncached-samples", "with --compare: time the uncached forward at this many evenly spaced lengths and "
+      "interpolate (0: generate every token uncached)", cxxopts::value<int64_t>()->default_value("0"))(
       "data", "with --compare: prompts from this prepared dataset's validation rows", cxxopts::value<std::string>())(
       "checkpoint", "a trained model (checkpoint, run or checkpoints dir) instead of --model",
       cxxopts::value<std::string>())(
@@ -953,6 +955,7 @@ int bench_generate_command(const Args& args) {
   b.prepare_model = attach_entropy_model;
   b.compare_tokens = r["compare"].as<int64_t>();
   b.prompt_tokens = r["prompt-tokens"].as<int64_t>();
+  b.uncached_samples = r["uncached-samples"].as<int64_t>();
   if (r.count("data")) b.data = r["data"].as<std::string>();
   b.vocab_size = r["vocab"].as<int64_t>();
   b.context_lengths = parse_int_list(r["context"].as<std::string>(), "context");

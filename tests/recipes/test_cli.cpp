@@ -401,6 +401,17 @@ TEST(Cli, BenchSplitsBltByStageAndComparesCachedGeneration) {
   EXPECT_EQ(g.at("identical_leading_tokens"), 24) << out;
   EXPECT_GT(g.at("cached_tokens_per_s").get<double>(), 0.0);
   EXPECT_GT(g.at("uncached_tokens_per_s").get<double>(), 0.0);
+  // Sampled uncached lengths (a long generation's quadratic baseline): the full forward on the cached
+  // prefix predicts the cached token at every sampled length.
+  ASSERT_EQ(cli({"bench", "generate", "--model", blt, "--vocab", "260", "--compare", "24", "--prompt-tokens", "8",
+                 "--uncached-samples", "4", "--device", "cpu", "--json", gen_json.string()},
+                &out, &err),
+            0)
+      << err;
+  const nlohmann::json sampled = nlohmann::json::parse(std::ifstream(gen_json));
+  EXPECT_EQ(sampled.at("uncached_sampled_lengths"), 4);
+  EXPECT_EQ(sampled.at("uncached_agreeing_samples"), 4) << out;
+  EXPECT_GT(sampled.at("uncached_s").get<double>(), 0.0);
   EXPECT_EQ(cli({"bench", "generate", "--model", blt, "--checkpoint", "x", "--compare", "4"}, &out, &err), 2);
 }
 
