@@ -17,6 +17,7 @@
 #include "recipes/cli/commands.h"
 #include "modalities/bytes/patching.h"
 #include "recipes/cli/recipe.h"
+#include "recipes/cli/tasks.h"
 #include "cli_test_util.h"
 
 namespace tessera {
@@ -727,6 +728,34 @@ TEST(Cli, BenchDataRunsOnASyntheticDataset) {
             0)
       << err;
   EXPECT_NE(out.find("tokens/s"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// Every recipe shipped under recipes/ parses: language-model recipes (and each of their variants) through
+// the typed config, artifact recipes name a known task.
+TEST(Cli, EveryShippedRecipeParses) {
+  int lm = 0, tasks = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(fs::path(TESSERA_SOURCE_DIR) / "recipes")) {
+    if (entry.path().extension() != ".yaml") continue;
+    const std::string file = entry.path().string();
+    const std::string task = cli::recipe_task(file);
+    if (task != "lm") {
+      EXPECT_NO_THROW(cli::find_task(task, file)) << file;
+      ++tasks;
+      continue;
+    }
+    ++lm;
+    LoadedRecipe base;
+    ASSERT_NO_THROW(base = load_recipe(file, {})) << file;
+    for (const auto& v : base.config.variants) EXPECT_NO_THROW(load_recipe(file, {}, v.name)) << file << " " << v.name;
+  }
+  EXPECT_GE(lm, 8);
+  EXPECT_GE(tasks, 5);
 }
 
 }  // namespace
