@@ -11,7 +11,7 @@
 #include <tuple>
 
 #include "core/error.h"
-#include "core/io/durable.h"
+#include "core/io/files.h"
 #include "core/plot_font.h"
 
 namespace tessera {
@@ -676,8 +676,7 @@ std::vector<uint8_t> render_plot_rgb(const PlotSpec& spec) {
 void write_plot_png(const std::filesystem::path& path, const PlotSpec& spec) {
   const std::vector<uint8_t> rgb = render_plot_rgb(spec);
   const std::vector<uint8_t> png = encode_png_rgb(rgb.data(), spec.width, spec.height);
-  io::detail::write_file_atomic(
-      path, [&](io::detail::FileWriter& out) { out.write(png.data(), png.size()); });
+  write_bytes_atomic(path, png.data(), png.size());
 }
 
 // ---- ticks and labels ---------------------------------------------------------------------------

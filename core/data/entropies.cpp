@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/io/durable.h"
+#include "core/io/files.h"
 #include "core/io/safetensors.h"
 #include "core/progress.h"
 
@@ -138,8 +138,7 @@ EntropyPassResult compute_dataset_entropies(const fs::path& dir, const DatasetIn
                                {"context", o.context},
                                {"shards", shards}};
   const std::string text = info.dump(2) + "\n";
-  io::detail::write_file_atomic(dir / kEntropiesInfoFile,
-                                [&](io::detail::FileWriter& w) { w.write(text.data(), text.size()); });
+  write_bytes_atomic(dir / kEntropiesInfoFile, text.data(), text.size());
   result.mean_entropy = result.tokens > 0 ? sum / static_cast<double>(result.tokens) : 0.0;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

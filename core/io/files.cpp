@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/io/durable.h"
 
 namespace tessera {
 namespace {
@@ -36,6 +37,15 @@ void remove_tree(const std::filesystem::path& path) {
   std::error_code ec;
   remove_tree(path, ec);
   check(!ec, "cannot delete '", path.string(), "': ", ec.message());
+}
+
+void write_bytes_atomic(const std::filesystem::path& path, const void* data, std::size_t size) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  io::detail::write_file_atomic(path, [&](io::detail::FileWriter& out) { out.write(data, size); });
+}
+
+void write_text_atomic(const std::filesystem::path& path, const std::string& text) {
+  write_bytes_atomic(path, text.data(), text.size());
 }
 
 uint32_t file_crc32(const std::filesystem::path& path) {

@@ -1,6 +1,7 @@
 // Small file-system helpers shared by every layer.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -14,6 +15,11 @@ namespace tessera {
 // a copy that crashes on non-empty folders.
 void remove_tree(const std::filesystem::path& path);
 void remove_tree(const std::filesystem::path& path, std::error_code& ec) noexcept;
+
+// Writes a whole file crash-safely: a temporary file in the same folder, fsynced, renamed over `path`
+// (and the folder fsynced), so readers see the old file or the complete new one. Creates missing folders.
+void write_bytes_atomic(const std::filesystem::path& path, const void* data, std::size_t size);
+void write_text_atomic(const std::filesystem::path& path, const std::string& text);
 
 // CRC-32 (zlib) of a file's bytes: what adapter descriptions record to catch a changed artifact.
 uint32_t file_crc32(const std::filesystem::path& path);

@@ -25,6 +25,7 @@ extern "C" {
 #endif
 
 #include "core/error.h"
+#include "core/io/files.h"
 #include "core/io/durable.h"
 
 namespace tessera::audio {
@@ -399,7 +400,7 @@ std::string encode_wav(const at::Tensor& samples, int64_t sample_rate, WavFormat
 void write_wav(const fs::path& path, const at::Tensor& samples, int64_t sample_rate, WavFormat format) {
   const std::string bytes = encode_wav(samples, sample_rate, format);
   if (path.has_parent_path()) fs::create_directories(path.parent_path());
-  io::detail::write_file_atomic(path, [&](io::detail::FileWriter& out) { out.write(bytes.data(), bytes.size()); });
+  write_bytes_atomic(path, bytes.data(), bytes.size());
 }
 
 void write_sndfile(const fs::path& path, const at::Tensor& samples, int64_t sample_rate) {

@@ -13,8 +13,8 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/io/files.h"
 #include "core/io/checkpoint.h"
-#include "core/io/durable.h"
 #include "core/progress.h"
 #include "core/train/autocast.h"
 #include "core/train/metrics.h"
@@ -108,7 +108,7 @@ nlohmann::json section(const nlohmann::json& config, const char* key) {
 
 void write_json(const fs::path& path, const nlohmann::json& j) {
   const std::string text = j.dump(2) + "\n";
-  io::detail::write_file_atomic(path, [&](io::detail::FileWriter& w) { w.write(text.data(), text.size()); });
+  write_bytes_atomic(path, text.data(), text.size());
 }
 
 }  // namespace

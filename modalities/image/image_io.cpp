@@ -14,7 +14,7 @@
 #endif
 
 #include "core/error.h"
-#include "core/io/durable.h"
+#include "core/io/files.h"
 #include "core/plot.h"
 
 namespace tessera::image {
@@ -291,7 +291,7 @@ std::vector<uint8_t> encode_png(const at::Tensor& image) {
 
 void write_png(const fs::path& path, const at::Tensor& image) {
   const std::vector<uint8_t> png = encode_png(image);
-  io::detail::write_file_atomic(path, [&](io::detail::FileWriter& out) { out.write(png.data(), png.size()); });
+  write_bytes_atomic(path, png.data(), png.size());
 }
 
 std::vector<uint8_t> encode_jpeg(const at::Tensor& image, int quality) {

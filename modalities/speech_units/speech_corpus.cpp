@@ -5,7 +5,7 @@
 #include <fstream>
 
 #include "core/error.h"
-#include "core/io/durable.h"
+#include "core/io/files.h"
 
 namespace tessera::speech {
 namespace fs = std::filesystem;
@@ -113,7 +113,7 @@ void write_speech_manifest(const fs::path& manifest, const std::vector<SpeechTex
     const bool below = !rel.empty() && *rel.begin() != "..";
     text += (below ? rel : abs).generic_string() + "\t" + e.text + "\n";
   }
-  io::detail::write_file_atomic(manifest, [&](io::detail::FileWriter& out) { out.write(text.data(), text.size()); });
+  write_bytes_atomic(manifest, text.data(), text.size());
 }
 
 }  // namespace tessera::speech

@@ -12,7 +12,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/io/durable.h"
+#include "core/io/files.h"
 #include "modalities/text_bpe/spm_backend.h"
 
 namespace tessera {
@@ -260,10 +260,8 @@ SentencePieceTrainResult train_sentencepiece(const DocumentStream& documents, co
 
   std::string vocab;
   for (int id = 0; id < sp->size(); ++id) vocab += str(sp->id_to_piece(id), '\t', sp->score(id), '\n');
-  using io::detail::FileWriter;
-  io::detail::write_file_atomic(result.vocab, [&](FileWriter& out) { out.write(vocab.data(), vocab.size()); });
-  io::detail::write_file_atomic(result.model,
-                                [&](FileWriter& out) { out.write(serialized.data(), serialized.size()); });
+  write_bytes_atomic(result.vocab, vocab.data(), vocab.size());
+  write_bytes_atomic(result.model, serialized.data(), serialized.size());
   return result;
 }
 

@@ -12,7 +12,6 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/io/durable.h"
 #include "core/io/files.h"
 #include "core/plot.h"
 #include "core/progress.h"
@@ -141,7 +140,7 @@ fs::path resolve_path(const std::string& p, const fs::path& recipe_dir) {
 
 void write_json(const fs::path& path, const nlohmann::json& j) {
   const std::string text = j.dump(2) + "\n";
-  io::detail::write_file_atomic(path, [&](io::detail::FileWriter& out) { out.write(text.data(), text.size()); });
+  write_bytes_atomic(path, text.data(), text.size());
 }
 
 nlohmann::json read_json(const fs::path& path) {
@@ -167,8 +166,7 @@ bool already_done(const fs::path& marker, const nlohmann::json& config, bool for
 
 void write_config(const fs::path& run_dir, const YAML::Node& resolved) {
   const std::string text = config::dump_yaml(resolved) + "\n";
-  io::detail::write_file_atomic(run_dir / "config.yaml",
-                                [&](io::detail::FileWriter& out) { out.write(text.data(), text.size()); });
+  write_bytes_atomic(run_dir / "config.yaml", text.data(), text.size());
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -386,8 +384,7 @@ int vocoder_task(const TaskContext& ctx) {
   const double train_seconds = seconds_since(start);
   vocoder.net()->to(at::kCPU);
   vocoder.save(t.run_dir / SpeechUnitsAdapter::kVocoderFile);
-  io::detail::write_file_atomic(t.run_dir / "metrics.jsonl",
-                                [&](io::detail::FileWriter& out) { out.write(log_text.data(), log_text.size()); });
+  write_bytes_atomic(t.run_dir / "metrics.jsonl", log_text.data(), log_text.size());
   PlotSpec plot;
   plot.title = "vocoder training loss (units -> log-mel)";
   plot.x_label = "step";
