@@ -255,11 +255,14 @@ TEST(SpeechUnitsAdapter, RoundTripThroughMakeAdapterAndBadInputs) {
   EXPECT_EQ(out.sample_rate, 16000);
   EXPECT_EQ(out.tensor.numel(), static_cast<int64_t>(51 * 320 - 160));
 
-  // Another sample rate is resampled: 24 kHz audio of the same length in seconds gives as many units.
-  Segment seg24 = seg;
-  seg24.tensor = audio::resample(seg.tensor, 16000, 24000);
-  seg24.sample_rate = 24000;
-  EXPECT_EQ(adapter->encode(seg24).ids.size(), span.ids.size());
+  // Another sample rate is resampled (libswresample: FFmpeg builds only): 24 kHz audio of the same
+  // length in seconds gives as many units.
+  if (audio::has_ffmpeg()) {
+    Segment seg24 = seg;
+    seg24.tensor = audio::resample(seg.tensor, 16000, 24000);
+    seg24.sample_rate = 24000;
+    EXPECT_EQ(adapter->encode(seg24).ids.size(), span.ids.size());
+  }
 
   // Deduplicated ids: no repeats; decoding gives dedup_duration frames per id.
   nlohmann::json dd = described;

@@ -36,6 +36,7 @@ TEST(SpeechTasks, CorpusUnitsVocoderThroughTheCliThenSkipAndRefuse) {
   } catch (const Error&) {
     GTEST_SKIP() << "espeak-ng is not installed (Debian package espeak-ng)";
   }
+  if (!audio::has_ffmpeg()) GTEST_SKIP() << "no FFmpeg (libswresample) in this build: espeak-ng's 22050 Hz needs it";
   test::ScratchDir dir("speech_cli");
   const fs::path corpus_run = dir.path / "corpus", units_run = dir.path / "units", voc_run = dir.path / "voc";
   const fs::path corpus = write(dir.path / "corpus.yaml",
