@@ -121,6 +121,69 @@ torch::Tensor attend_explicit(const torch::Tensor& q, const torch::Tensor& k, co
 }
 }  // namespace
 
+bool uses_block_local(const MaskSpec& spec, int64_t q_len, int64_t kv_len) {
+  return spec.causal && spec.window > 0 && spec.q_offset == 0 && !spec.extra.defined() && q_len == kv_len &&
+         q_len >= kBlockLocalMinWindows * spec.window;
+}
+
+namespace {
+
+// [B, H, nb·W, D] -> [B·nb, H, W, D]: block i of sequence b becomes batch entry b·nb + i.
+torch::Tensor to_blocks(const torch::Tensor& x, int64_t nb, int64_t W) {
+  const int64_t B = x.size(0), H = x.size(1), D = x.size(3);
+  return x.view({B, H, nb, W, D}).permute({0, 2, 1, 3, 4}).reshape({B * nb, H, W, D});
+}
+
+// Block-local causal window attention (uses_block_local): block i's queries (positions iW + r) see
+// keys (i-1)W + c for c in (r, r + W] of [previous block, own block] — exactly the last W keys, self
+// included — with the previous block of block 0 masked out, and document ids applied per block.
+torch::Tensor attention_block_local(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const MaskSpec& spec, std::optional<double> scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), W = spec.window;
+  const int64_t nb = (T + W - 1) / W, padded = nb * W;
+  auto pad = [&](const torch::Tensor& x) {
+    return padded == T ? x : at::constant_pad_nd(x, {0, 0, 0, padded - T});
+  };
+  // Keys and values of [previous block, own block] for every block: [B·nb, Hkv, 2W, D].
+  auto with_previous = [&](const torch::Tensor& x) {
+    const torch::Tensor own = pad(x);
+    const torch::Tensor previous = at::constant_pad_nd(own, {0, 0, W, 0}).narrow(2, 0, padded);
+    return at::cat({to_blocks(previous, nb, W), to_blocks(own, nb, W)}, 2);
+  };
+  const torch::Tensor qb = to_blocks(pad(q), nb, W);
+  const torch::Tensor kb = with_previous(k), vb = with_previous(v);
+
+  const auto long_opts = torch::TensorOptions().dtype(at::kLong).device(q.device());
+  const torch::Tensor r = at::arange(W, long_opts).view({W, 1}), c = at::arange(2 * W, long_opts).view({1, 2 * W});
+  torch::Tensor allowed = c.gt(r).logical_and(c.le(r + W)).view({1, W, 2 * W}).repeat({nb, 1, 1});  // [nb, W, 2W]
+  allowed.select(0, 0).narrow(1, 0, W).fill_(false);  // block 0 has no previous block
+  torch::Tensor mask;
+  if (spec.q_doc_ids.defined()) {
+    check(spec.kv_doc_ids.defined(), "attention mask: q_doc_ids needs kv_doc_ids");
+    check_doc_ids(spec.q_doc_ids, "q_doc_ids", B, T);
+    check_doc_ids(spec.kv_doc_ids, "kv_doc_ids", B, T);
+    auto docs = [&](const torch::Tensor& d) {  // [B|1, T] -> [B, padded] (padding: a document of its own)
+      const torch::Tensor full = d.to(q.device(), at::kLong).expand({B, T});
+      return padded == T ? full : at::cat({full, at::full({B, padded - T}, -2, long_opts)}, 1);
+    };
+    const torch::Tensor dq = docs(spec.q_doc_ids).view({B, nb, W});
+    const torch::Tensor dk_own = docs(spec.kv_doc_ids);
+    const torch::Tensor dk_prev = at::cat({at::full({B, W}, -1, long_opts), dk_own.narrow(1, 0, padded - W)}, 1);
+    const torch::Tensor dk = at::cat({dk_prev.view({B, nb, W}), dk_own.view({B, nb, W})}, 2);  // [B, nb, 2W]
+    mask = allowed.unsqueeze(0).logical_and(dq.unsqueeze(-1).eq(dk.unsqueeze(-2)));          // [B, nb, W, 2W]
+  } else {
+    mask = allowed.unsqueeze(0).expand({B, nb, W, 2 * W});
+  }
+  MaskSpec block_spec;
+  block_spec.causal = false;
+  block_spec.extra = mask.reshape({B * nb, 1, W, 2 * W});
+  const torch::Tensor out = attention(qb, kb, vb, block_spec, scale);  // [B·nb, Hq, W, Dv]
+  const int64_t Dv = out.size(3);
+  return out.view({B, nb, Hq, W, Dv}).permute({0, 2, 1, 3, 4}).reshape({B, Hq, padded, Dv}).narrow(2, 0, T);
+}
+
+}  // namespace
+
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const MaskSpec& spec, std::optional<double> scale) {
   check(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
@@ -135,6 +198,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   check(Hkv > 0 && Hq % Hkv == 0, "attention: grouped-query attention needs the ", Hkv,
         " key/value heads to divide the ", Hq, " query heads");
   if (Tk == 0) return at::zeros({B, Hq, Tq, v.size(3)}, q.options());  // nothing to attend to
+  if (uses_block_local(spec, Tq, Tk)) return attention_block_local(q, k, v, spec, scale);
 
   bool is_causal = false;
   torch::Tensor mask = build_attention_mask(spec, B, Tq, Tk, q.device(), &is_causal);

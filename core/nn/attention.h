@@ -50,6 +50,15 @@ inline constexpr int64_t kFusedAttentionMaxHeadDim = 256;
 // attention_explicit on CUDA.
 inline constexpr int64_t kExplicitAttentionMaxQueries = 16;
 
+// Causal sliding-window self-attention over at least this many windows is computed block-locally:
+// queries in blocks of `window`, each against its own and the previous block's keys, instead of one
+// [T, T] masked score matrix (T x 2W scores instead of T x T).
+inline constexpr int64_t kBlockLocalMinWindows = 4;
+
+// Whether attention() takes the block-local route for `spec` and these lengths: causal, window > 0,
+// Tq == Tk >= kBlockLocalMinWindows x window, no query offset and no extra mask (document ids allowed).
+bool uses_block_local(const MaskSpec& spec, int64_t q_len, int64_t kv_len);
+
 // The same contract as attention(), computed as softmax(q k^T · scale + mask) v with two matmuls
 // and a float32 softmax, materialising [B, H, Tq, Tk] scores. attention() uses it on CUDA for head
 // dims above kFusedAttentionMaxHeadDim; exposed so that it can be tested on any device. Unlike

@@ -83,6 +83,45 @@ TEST(Attention, SlidingWindow) {
   EXPECT_TRUE(use_is_causal);
 }
 
+// Long causal windows go block-local (each block of queries against its own and the previous block);
+// the result and the gradients equal the masked [T, T] computation, with and without documents, for
+// lengths that are and are not multiples of the window, and with grouped-query heads.
+TEST(Attention, BlockLocalWindowMatchesReferenceAndDenseGradients) {
+  torch::manual_seed(17);
+  for (const int64_t T : {16, 19, 37}) {
+    for (const bool docs : {false, true}) {
+      MaskSpec spec;
+      spec.window = 4;
+      if (docs) {
+        spec.q_doc_ids = torch::arange(T).div(7, "floor").view({1, T}).expand({2, T}).clone();
+        spec.q_doc_ids[1].fill_(0);  // the second row is one document
+        spec.kv_doc_ids = spec.q_doc_ids;
+      }
+      ASSERT_TRUE(uses_block_local(spec, T, T));
+      QKV t = random_qkv(2, 4, 2, T, T);
+      expect_matches_reference(t, spec, docs ? "block-local window, documents" : "block-local window");
+      // Gradients against the dense path (an all-true extra mask keeps the same rule but no block route).
+      MaskSpec dense = spec;
+      dense.extra = torch::ones({1, 1, T, T}, torch::kBool);
+      ASSERT_FALSE(uses_block_local(dense, T, T));
+      std::vector<at::Tensor> grads[2];
+      for (int route = 0; route < 2; ++route) {
+        const at::Tensor q = t.q.clone().requires_grad_(true), k = t.k.clone().requires_grad_(true),
+                         v = t.v.clone().requires_grad_(true);
+        const at::Tensor out = attention(q, k, v, route == 0 ? spec : dense);
+        (out * torch::cos(out)).sum().backward();
+        grads[route] = {q.grad(), k.grad(), v.grad()};
+      }
+      for (int i = 0; i < 3; ++i) EXPECT_LT(max_abs_diff(grads[0][i], grads[1][i]), 1e-4) << "T " << T << " grad " << i;
+    }
+  }
+  MaskSpec short_window;
+  short_window.window = 8;
+  EXPECT_FALSE(uses_block_local(short_window, 16, 16));  // fewer than kBlockLocalMinWindows windows
+  short_window.q_offset = 3;
+  EXPECT_FALSE(uses_block_local(short_window, 64, 64));
+}
+
 TEST(Attention, QueryOffsetAgainstLongerKeys) {
   torch::manual_seed(14);
   MaskSpec spec;
