@@ -197,8 +197,12 @@ TEST(PreparePairs, OneOrderAndRandomOrderMakeOneDocumentPerPair) {
         first += doc[1] != 3;  // <bos> then text
         ++total;
       }
-    if (order == "text_first") EXPECT_EQ(first, total);
-    if (order == "media_first") EXPECT_EQ(first, 0);
+    if (order == "text_first") {
+      EXPECT_EQ(first, total);
+    }
+    if (order == "media_first") {
+      EXPECT_EQ(first, 0);
+    }
     if (order == "random") text_first_docs = first;
   }
   EXPECT_GT(text_first_docs, 4);  // a seeded coin per pair: both orders occur

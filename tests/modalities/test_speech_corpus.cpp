@@ -121,7 +121,9 @@ TEST(TtsCorpus, SentencesAndVoicesAreDeterministicAndWithinLimits) {
     const auto words = std::count(s.begin(), s.end(), ' ') + 1;
     EXPECT_TRUE(s.find_first_of("\t\n") == std::string::npos) << s;
     EXPECT_TRUE(s.back() == '.' || s.back() == '!' || s.back() == '?') << s;
-    if (!has_shape(s)) EXPECT_TRUE(words >= 4 && words <= 12) << s;
+    if (!has_shape(s)) {
+      EXPECT_TRUE(words >= 4 && words <= 12) << s;
+    }
   }
   EXPECT_GE(std::count_if(a.begin(), a.end(), has_shape), 20);  // half are scene captions
   TtsCorpusConfig only_scenes = c;

@@ -692,8 +692,9 @@ TEST(Cli, ShippedMegalodonRecipeMatchesParametersAndSpansSeveralChunks) {
     const auto model = build_model(r.config.model, context);
     EXPECT_EQ(model->arch(), variant);
     params[i++] = model->parameter_count();
-    if (std::string(variant) == "megalodon")
+    if (std::string(variant) == "megalodon") {
       EXPECT_EQ(r.config.data.seq_len, 4 * r.config.model["chunk_size"].as<int64_t>());
+    }
   }
   EXPECT_NEAR(static_cast<double>(params[1]) / static_cast<double>(params[0]), 1.0, 0.05);
 }
