@@ -29,6 +29,7 @@
 #include "eval/bench/generate_bench.h"
 #include "eval/bench/train_bench.h"
 #include "modalities/bytes/patching.h"
+#include "recipes/cli/options.h"
 #include "recipes/cli/recipe.h"
 #include "recipes/cli/task_image.h"
 #include "recipes/cli/task_speech.h"
@@ -38,11 +39,6 @@ namespace tessera::cli {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Thrown for bad command lines; main_dispatch turns it into exit code 2.
-struct UsageError : Error {
-  using Error::Error;
-};
 
 struct Verb {
   const char* name;
@@ -66,27 +62,9 @@ const std::vector<Verb>& verbs() {
   return table;
 }
 
-// Parses with cxxopts; --help prints and returns false.
+// Parses with cxxopts; --help prints and returns false (options.h).
 bool parse(cxxopts::Options& options, const Args& args, cxxopts::ParseResult& result) {
-  std::vector<std::string> storage = args;
-  std::vector<char*> argv;
-  std::string program = options.program();
-  argv.push_back(program.data());
-  for (auto& a : storage) argv.push_back(a.data());
-  try {
-    result = options.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (const cxxopts::exceptions::exception& e) {
-    std::string hint;
-    for (const auto& a : args)
-      if (a.rfind("--", 0) == 0 && a.find('.') != std::string::npos && a.find('=') != std::string::npos)
-        hint = "; config overrides take no dashes: write " + a.substr(2);
-    throw UsageError(str(e.what(), hint, " (see `", options.program(), " --help`)"));
-  }
-  if (result.count("help")) {
-    std::cout << options.help() << std::endl;
-    return false;
-  }
-  return true;
+  return parse_options(options, args, result);
 }
 
 std::string positional(const cxxopts::ParseResult& r, const char* name, const cxxopts::Options& options) {

@@ -20,6 +20,7 @@
 #include "modalities/image/scenes.h"
 #include "modalities/image_latent/vae.h"
 #include "modalities/image_vq/vq_tokenizer.h"
+#include "recipes/cli/options.h"
 
 namespace tessera::cli {
 namespace fs = std::filesystem;
@@ -53,13 +54,9 @@ struct AutoencoderRecipe {
 
 template <class Model>
 AutoencoderRecipe<Model> load_autoencoder_recipe(const TaskContext& context, const std::string& task) {
-  YAML::Node root = config::load_yaml_file(context.file);
-  config::apply_overrides(root, context.overrides);
-  auto recipe = config::parse<AutoencoderRecipe<Model>>(root, "", context.file);
+  auto recipe = load_task_config<AutoencoderRecipe<Model>>(context);
   check(recipe.task == task, "recipe ", context.file, ": task '", recipe.task, "' reached the ", task, " task");
   check(recipe.recon_images >= 1, "recon_images must be positive, got ", recipe.recon_images);
-  if (!context.run_dir.empty()) recipe.run_dir = context.run_dir;
-  if (recipe.run_dir.empty()) recipe.run_dir = "runs/" + recipe.name;
   return recipe;
 }
 
@@ -121,26 +118,6 @@ int run_autoencoder_task(const TaskContext& context, const std::string& task, co
 }
 
 // ---- generate decode-image / encode-image -----------------------------------------------------------
-
-// Parses with cxxopts; --help prints and returns false. Bad options are tessera::Errors.
-bool parse_options(cxxopts::Options& options, const Args& args, cxxopts::ParseResult& result) {
-  std::vector<std::string> storage = args;
-  std::vector<char*> argv = {const_cast<char*>(options.program().c_str())};
-  for (auto& a : storage) argv.push_back(a.data());
-  try {
-    result = options.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (const cxxopts::exceptions::exception& e) {
-    fail(e.what(), " (see `", options.program(), " --help`)");
-  }
-  if (!result.count("help")) return true;
-  std::cout << options.help() << std::endl;
-  return false;
-}
-
-std::string required_option(const cxxopts::ParseResult& r, const char* name, const cxxopts::Options& o) {
-  check(r.count(name) > 0, "missing --", name, " (see `", o.program(), " --help`)");
-  return r[name].as<std::string>();
-}
 
 // One image's ids per non-empty line; whitespace, commas and brackets separate ids.
 std::vector<std::vector<int64_t>> read_token_lines(const fs::path& path) {

@@ -22,6 +22,8 @@
 #include "modalities/speech_units/tts_corpus.h"
 #include "modalities/speech_units/units.h"
 #include "modalities/speech_units/vocoder.h"
+#include "recipes/cli/options.h"
+#include "recipes/cli/tasks.h"
 
 namespace tessera::cli {
 namespace fs = std::filesystem;
@@ -113,14 +115,10 @@ struct Loaded {
 
 template <class T>
 Loaded<T> load_task(const TaskContext& ctx) {
-  YAML::Node root = config::load_yaml_file(ctx.file);
-  config::apply_overrides(root, ctx.overrides);
   Loaded<T> out;
-  out.config = config::parse<T>(root, "", ctx.file);
+  out.config = load_task_config<T>(ctx);
   out.recipe_dir = fs::path(ctx.file).parent_path();
-  out.run_dir = !ctx.run_dir.empty()           ? fs::path(ctx.run_dir)
-                : !out.config.run_dir.empty() ? fs::path(out.config.run_dir)
-                                              : fs::path("runs") / out.config.name;
+  out.run_dir = out.config.run_dir;
   return out;
 }
 
@@ -466,21 +464,9 @@ int decode_units_command(const std::vector<std::string>& args) {
   o.add_options()("vocoder", "vocoder run directory or vocoder.safetensors", cxxopts::value<std::string>())(
       "units", "text file of unit ids", cxxopts::value<std::string>())(
       "out", "WAV file to write", cxxopts::value<std::string>())("h,help", "show this help");
-  std::vector<std::string> storage = args;
-  std::vector<char*> argv = {const_cast<char*>("decode-units")};
-  for (auto& a : storage) argv.push_back(a.data());
   cxxopts::ParseResult r;
-  try {
-    r = o.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (const cxxopts::exceptions::exception& e) {
-    fail(e.what(), " (see `tessera generate decode-units --help`)");
-  }
-  if (r.count("help")) {
-    std::printf("%s\n", o.help().c_str());
-    return 0;
-  }
-  for (const char* key : {"vocoder", "units", "out"})
-    check(r.count(key) > 0, "generate decode-units: --", key, " is required (see --help)");
+  if (!parse_options(o, args, r)) return 0;
+  for (const char* key : {"vocoder", "units", "out"}) required_option(r, key, o);
   const Vocoder vocoder =
       Vocoder::load(resolve_artifact(r["vocoder"].as<std::string>(), {}, SpeechUnitsAdapter::kVocoderFile));
   std::ifstream in(r["units"].as<std::string>());

@@ -5,8 +5,11 @@
 // A recipe without `task` (or with `task: lm`) is a language-model recipe (recipe.h).
 #pragma once
 
+#include <filesystem>
 #include <string>
 #include <vector>
+
+#include "core/config.h"
 
 namespace tessera::cli {
 
@@ -34,5 +37,17 @@ std::string recipe_task(const std::string& file);
 
 // The task of that name; an unknown name is an error listing the known tasks and the closest one.
 const TaskRecipe& find_task(const std::string& task, const std::string& file);
+
+// An artifact recipe: ctx.file with ctx.overrides applied, parsed into T (strict keys). T has `name`
+// and `run_dir`; run_dir becomes --run-dir, else the recipe's, else runs/<name>.
+template <class T>
+T load_task_config(const TaskContext& ctx) {
+  YAML::Node root = config::load_yaml_file(ctx.file);
+  config::apply_overrides(root, ctx.overrides);
+  T c = config::parse<T>(root, "", ctx.file);
+  if (!ctx.run_dir.empty()) c.run_dir = ctx.run_dir;
+  if (c.run_dir.empty()) c.run_dir = (std::filesystem::path("runs") / c.name).string();
+  return c;
+}
 
 }  // namespace tessera::cli
