@@ -9,6 +9,8 @@
 #   PART=recipe  the entropy model and θ as above, then recipes/blt_vs_bpe_gpu.yaml (six arms at equal
 #                FLOPs) and 4 KB of greedy generation with the trained entropy-patched BLT, cached against
 #                uncached (full forward per byte).
+#   PART=sweep   the entropy model and θ, then the six arms again at each learning rate in LRS (default
+#                "6e-4 3e-3"; the recipe's own is 1.5e-3), each into runs/blt_vs_bpe_gpu_lr<LR>.
 # STEPS / WARMUP / STAGES override the benchmark's step counts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,9 +61,24 @@ if [ "$PART" = bench ]; then
   log "bench done"
 fi
 
-if [ "$PART" = recipe ]; then
-  sed "s/threshold: 2.0, patch_size: 4.5/threshold: $THETA, patch_size: 4.5/" recipes/blt_vs_bpe_gpu.yaml > "$OUT/blt_vs_bpe_gpu.yaml"
+if [ "$PART" = recipe ] || [ "$PART" = sweep ]; then
+  sed -E "s/threshold: [0-9.]+, patch_size: 4.5/threshold: $THETA, patch_size: 4.5/" recipes/blt_vs_bpe_gpu.yaml > "$OUT/blt_vs_bpe_gpu.yaml"
   grep -q "threshold: $THETA" "$OUT/blt_vs_bpe_gpu.yaml"
+fi
+
+if [ "$PART" = sweep ]; then
+  for lr in ${LRS:-6e-4 3e-3}; do
+    "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" --run-dir "runs/blt_vs_bpe_gpu_lr$lr" "train.lr=$lr" \
+      > "$OUT/recipe-lr$lr.log" 2>&1 || tail -40 "$OUT/recipe-lr$lr.log"
+    for f in summary.md summary.json bpb_vs_flops.png; do
+      cp "runs/blt_vs_bpe_gpu_lr$lr/$f" "$OUT/lr$lr-$f" 2>/dev/null || true
+    done
+    cat "$OUT/lr$lr-summary.md" 2>/dev/null || true
+    log "learning rate $lr done"
+  done
+fi
+
+if [ "$PART" = recipe ]; then
   # The entropy-patched arm first: the generation comparison needs it.
   "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" --variant blt_entropy > "$OUT/recipe-blt_entropy.log" 2>&1 \
     || tail -40 "$OUT/recipe-blt_entropy.log"

@@ -110,8 +110,16 @@ void add_recipe_options(cxxopts::Options& o) {
   o.positional_help("RECIPE.yaml [key.sub=value ...]");
 }
 
+// The key=value overrides plus --run-dir as `run_dir=`, so that a comparison recipe's variants land
+// under the given directory (run_dir/<variant>) too.
+std::vector<std::string> recipe_overrides(const cxxopts::ParseResult& r) {
+  std::vector<std::string> overrides = overrides_of(r);
+  if (r.count("run-dir")) overrides.push_back("run_dir=" + r["run-dir"].as<std::string>());
+  return overrides;
+}
+
 LoadedRecipe recipe_from(const cxxopts::ParseResult& r, const cxxopts::Options& o) {
-  LoadedRecipe recipe = load_recipe(positional(r, "recipe", o), overrides_of(r));
+  LoadedRecipe recipe = load_recipe(positional(r, "recipe", o), recipe_overrides(r));
   if (r.count("run-dir")) recipe.run_dir = r["run-dir"].as<std::string>();
   return recipe;
 }
@@ -511,7 +519,7 @@ int run_command(const Args& args) {
   }
   std::vector<nlohmann::json> arms;
   for (const auto& name : names) {
-    const LoadedRecipe recipe = load_recipe(base.file, overrides_of(r), name);
+    const LoadedRecipe recipe = load_recipe(base.file, recipe_overrides(r), name);
     reset(recipe);
     arms.push_back(run_stages(recipe, interrupted));
     if (interrupted) return 0;
@@ -569,7 +577,7 @@ int prepare_command(const Args& args) {
     prepare_recipe_data(base, r.count("force") > 0);
     return 0;
   }
-  for (const auto& name : names) prepare_recipe_data(load_recipe(base.file, overrides_of(r), name), r.count("force") > 0);
+  for (const auto& name : names) prepare_recipe_data(load_recipe(base.file, recipe_overrides(r), name), r.count("force") > 0);
   return 0;
 }
 
@@ -584,7 +592,7 @@ struct PatchContext {
 };
 
 PatchContext patch_context(const cxxopts::ParseResult& r, const cxxopts::Options& o, const char* verb) {
-  PatchContext p{r.count("variant") ? load_recipe(positional(r, "recipe", o), overrides_of(r), r["variant"].as<std::string>())
+  PatchContext p{r.count("variant") ? load_recipe(positional(r, "recipe", o), recipe_overrides(r), r["variant"].as<std::string>())
                                     : recipe_from(r, o),
                  {}, {}};
   const RecipeConfig& c = p.recipe.config;

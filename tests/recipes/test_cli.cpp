@@ -477,6 +477,12 @@ TEST(Cli, ComparisonRecipeRunsBothArmsAndWritesSummary) {
   EXPECT_NE(out.find("== train: done"), std::string::npos) << out;
   ASSERT_EQ(cli({"prepare", recipe.string(), "--variant", "bpe"}, &out, &err), 0) << err;
   EXPECT_NE(out.find("up to date"), std::string::npos) << out;
+  // --run-dir moves the variants too (run_dir/<variant>), e.g. for the same comparison at another setting.
+  const fs::path elsewhere = dir.path() / "elsewhere";
+  ASSERT_EQ(cli({"prepare", recipe.string(), "--variant", "bytes", "--run-dir", elsewhere.string()}, &out, &err), 0)
+      << err;
+  EXPECT_TRUE(fs::exists(elsewhere / "bytes" / "data" / "index.json")) << out;
+  EXPECT_EQ(out.find("up to date"), std::string::npos) << out;
   // `eval bpb` on one arm gives the recorded value; generation uses the arm's BPE tokenizer.
   ASSERT_EQ(cli({"eval", "bpb", (run / "bpe").string(), "--json", (dir.path() / "bpb.json").string()}, &out, &err), 0)
       << err;
