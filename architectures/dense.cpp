@@ -6,6 +6,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/kernels/fused.h"
 
 namespace tessera {
 
@@ -36,12 +37,20 @@ DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
   attention = register_module("attention", nn::SelfAttention(opts));
   ffn_norm = register_module("ffn_norm", nn::RMSNorm(c.dim, c.norm_eps));
   feed_forward = register_module("feed_forward", nn::SwiGLU(c.dim, hidden_dim));
+  feed_forward->fused = c.fused_kernels;
+  fused_kernels = c.fused_kernels;
 }
 
 at::Tensor DenseBlockImpl::forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl* rope,
                                    const at::Tensor& positions, const nn::MaskSpec& spec, nn::KVCache* cache) {
-  at::Tensor h = x + attention->forward(attention_norm->forward(x), rope, positions, spec, cache);
-  return h + feed_forward->forward(ffn_norm->forward(h));
+  // The residual stream stays in x's precision (float32 under autocast); each norm writes the activation
+  // dtype directly and the second one also forms the residual sum, in one kernel on CUDA.
+  const at::ScalarType act = kernels::activation_dtype(x);
+  const kernels::AddRmsNorm a =
+      kernels::add_rms_norm({}, x, attention_norm->scale(), attention_norm->eps, act, fused_kernels);
+  const kernels::AddRmsNorm b = kernels::add_rms_norm(a.sum, attention->forward(a.normed, rope, positions, spec, cache),
+                                                      ffn_norm->scale(), ffn_norm->eps, act, fused_kernels);
+  return b.sum + feed_forward->forward(b.normed);
 }
 
 at::Tensor run_dense_blocks(torch::nn::ModuleList& layers, const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
@@ -62,6 +71,7 @@ DenseModel::DenseModel(DenseConfig config) : config_(std::move(config)) {
     output = register_module("output", torch::nn::Linear(torch::nn::LinearOptions(config_.dim, config_.vocab_size).bias(false)));
   rope = register_module("rope", nn::RotaryEmbedding(config_.dim / config_.n_heads, config_.max_seq_len,
                                                      config_.rope_theta, nn::parse_rope_layout(config_.rope_layout)));
+  rope->fused = config_.fused_kernels;
   init_weights();
 }
 

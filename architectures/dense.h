@@ -29,6 +29,7 @@ struct DenseConfig {
   bool tie_embeddings = false;
   int64_t sliding_window = 0;  // 0: full causal attention
   double init_std = 0.02;
+  bool fused_kernels = true;  // core/kernels on CUDA; false: the ATen composite path (same math)
 
   template <class V>
   void fields(V& v) {
@@ -47,6 +48,8 @@ struct DenseConfig {
     v.optional("tie_embeddings", tie_embeddings, "share input embedding and output projection");
     v.optional("sliding_window", sliding_window, "attention window in tokens (0: full causal)");
     v.optional("init_std", init_std, "std of the normal weight init (output projections scaled by 1/sqrt(2·n_layers))");
+    v.optional("fused_kernels", fused_kernels,
+               "fused CUDA kernels for residual add + RMSNorm, SwiGLU and RoPE (false: ATen ops; same math)");
   }
 };
 
@@ -58,6 +61,7 @@ struct DenseBlockImpl : torch::nn::Module {
   nn::RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
   nn::SelfAttention attention{nullptr};
   nn::SwiGLU feed_forward{nullptr};
+  bool fused_kernels = true;
 };
 TORCH_MODULE(DenseBlock);
 

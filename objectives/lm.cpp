@@ -2,14 +2,15 @@
 
 #include <ATen/ATen.h>
 
+#include "core/kernels/fused.h"
+
 namespace tessera {
 
 at::Tensor token_nll(const at::Tensor& logits, const at::Tensor& targets) {
   const int64_t V = logits.size(-1);
-  // Reduction in float32 whatever the logits' dtype (bf16 under autocast).
-  return at::cross_entropy_loss(logits.reshape({-1, V}).to(at::kFloat), targets.reshape({-1}), {},
-                                at::Reduction::None)
-      .view(targets.sizes());
+  // Float32 math whatever the logits' dtype (bf16 under autocast); on CUDA one kernel each way that reads
+  // the bf16 logits as they are (core/kernels).
+  return kernels::cross_entropy_nll(logits.reshape({-1, V}), targets.reshape({-1})).view(targets.sizes());
 }
 
 std::pair<at::Tensor, at::Tensor> masked_nll_sum(const at::Tensor& logits, const at::Tensor& targets,

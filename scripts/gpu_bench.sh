@@ -6,6 +6,9 @@
 #      torch.compile + fused AdamW) on the same shape;
 #   4. writes every JSON result and a markdown table to $OUT (default runs/gpu_bench).
 # SECOND_SHAPE=1 adds dim 2048 / 24 layers / seq 4096 / batch 2. STEPS / WARMUP override the counts.
+# MODES: the PyTorch reference modes (default "eager eager-fused compile"). UNFUSED=1 adds Tessera with
+# fused_kernels: false (the ATen path) for what core/kernels gain; PROFILE=1 adds a per-kernel profile
+# of Tessera's step for each shape (profile-<shape>.txt).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/runs/gpu_bench}"
@@ -40,7 +43,17 @@ run_shape() {  # name dim layers heads vocab batch seq
   local name=$1 dim=$2 layers=$3 heads=$4 vocab=$5 batch=$6 seq=$7
   "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
     --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda --json "$OUT/$name-tessera.json"
-  for mode in eager eager-fused compile; do
+  if [ "${UNFUSED:-0}" = 1 ]; then
+    "$TESSERA" bench train --model "{arch: dense, dim: $dim, n_layers: $layers, n_heads: $heads, fused_kernels: false}" \
+      --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" --seq "$seq" \
+      --steps "$STEPS" --warmup "$WARMUP" --device cuda \
+      --json "$OUT/$name-tessera-unfused.json"
+  fi
+  if [ "${PROFILE:-0}" = 1 ]; then
+    "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
+      --seq "$seq" --steps 8 --warmup 4 --device cuda --profile 3 > "$OUT/profile-$name.txt" 2>&1 || true
+  fi
+  for mode in ${MODES:-eager eager-fused compile}; do
     $PY "$ROOT/eval/bench/reference/dense.py" --mode "$mode" --dim "$dim" --n-layers "$layers" --n-heads "$heads" \
       --vocab-size "$vocab" --batch-size "$batch" --seq-len "$seq" --steps "$STEPS" --warmup "$WARMUP" \
       > "$OUT/$name-pytorch-$mode.json" 2> "$OUT/$name-pytorch-$mode.log" || { tail -30 "$OUT/$name-pytorch-$mode.log"; exit 1; }
@@ -58,13 +71,14 @@ print(f"bf16 GEMM ceiling (torch.mm 8192^3): {gemm:.0f} TFLOP/s\n")
 print("| shape | implementation | step ms (median) | min–max | tokens/s | TFLOP/s | % of GEMM ceiling | peak GB | vs Tessera |")
 print("|---|---|---|---|---|---|---|---|---|")
 for shape in sorted({os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(out, "*-tessera.json"))}):
-    rows = [json.load(open(os.path.join(out, f"{shape}-{impl}.json")))
-            for impl in ("tessera", "pytorch-eager", "pytorch-eager-fused", "pytorch-compile")
+    rows = [(impl, json.load(open(os.path.join(out, f"{shape}-{impl}.json"))))
+            for impl in ("tessera", "tessera-unfused", "pytorch-eager", "pytorch-eager-fused", "pytorch-compile")
             if os.path.exists(os.path.join(out, f"{shape}-{impl}.json"))]
-    base = rows[0]["step_ms_median"]
-    for r in rows:
+    base = rows[0][1]["step_ms_median"]
+    for impl, r in rows:
+        label = "tessera (fused_kernels: false)" if impl == "tessera-unfused" else r["impl"]
         desc = f"d{r['dim']} L{r['n_layers']} B{r['batch_size']}×T{r['seq_len']} ({r['parameters']/1e6:.0f}M)"
-        print(f"| {desc} | {r['impl']} | {r['step_ms_median']:.1f} | {r['step_ms_min']:.1f}–{r['step_ms_max']:.1f} | "
+        print(f"| {desc} | {label} | {r['step_ms_median']:.1f} | {r['step_ms_min']:.1f}–{r['step_ms_max']:.1f} | "
               f"{r['tokens_per_s']:,.0f} | {r['tflops']:.0f} | {100 * r['tflops'] / gemm:.0f}% | "
               f"{r['peak_memory_gb']:.1f} | {r['step_ms_median'] / base:.3f}× |")
 EOF

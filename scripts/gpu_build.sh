@@ -20,7 +20,8 @@ PREFIX="$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 mkdir -p "$BUILD"
 start=$(date +%s)
-cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTESSERA_WITH_CUDA=ON \
+NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"  # core/kernels' CUDA sources
+cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTESSERA_WITH_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DTESSERA_WITH_OPENCV=OFF -DTESSERA_WITH_SNDFILE=OFF -DTESSERA_WITH_FFMPEG=OFF -DTESSERA_BUILD_TESTS=$TESTS \
   -DTESSERA_LIBTORCH="$TORCH_ROOT" -DCMAKE_PREFIX_PATH="$PREFIX" > "$BUILD/configure.log" 2>&1 \
   || { tail -40 "$BUILD/configure.log"; exit 1; }

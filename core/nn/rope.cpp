@@ -1,6 +1,7 @@
 #include "core/nn/rope.h"
 
 #include "core/error.h"
+#include "core/kernels/fused.h"
 
 namespace tessera::nn {
 
@@ -52,7 +53,7 @@ void RotaryEmbeddingImpl::check_positions(const torch::Tensor& positions) const 
 torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Tensor& positions) const {
   check(x.dim() == 4 && x.size(3) == head_dim_, "RoPE: expected x [B, H, T, ", head_dim_, "], got ",
         x.sizes());
-  const int64_t B = x.size(0), T = x.size(2), half = head_dim_ / 2;
+  const int64_t B = x.size(0), T = x.size(2);
   check(positions.defined() && at::isIntegralType(positions.scalar_type(), /*includeBool=*/false),
         "RoPE: positions must be an integer tensor");
   check((positions.dim() == 1 && positions.size(0) == T) ||
@@ -62,28 +63,7 @@ torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Te
         x.device(), "; move the module with .to(device)");
   check_positions(positions);
 
-  // Gather per-position angles, shaped to broadcast over heads: [1 or B, 1, T, D/2].
-  const torch::Tensor flat = positions.reshape(-1).to(x.device(), at::kLong);
-  const int64_t pb = positions.dim() == 2 ? B : 1;
-  const torch::Tensor c = cos_table.index_select(0, flat).view({pb, 1, T, half});
-  const torch::Tensor s = sin_table.index_select(0, flat).view({pb, 1, T, half});
-
-  // float32 for reduced precision (no-op for float32 input; float64 stays float64).
-  const torch::Tensor xf = x.to(at::promote_types(x.scalar_type(), at::kFloat));
-  // (a, b) -> (a cos - b sin, a sin + b cos); addcmul_ acts on fresh temporaries.
-  auto rotate = [&](const torch::Tensor& a, const torch::Tensor& b) {
-    return std::make_pair((a * c).addcmul_(b, s, -1), (a * s).addcmul_(b, c));
-  };
-  torch::Tensor out;
-  if (layout_ == RopeLayout::HalfSplit) {
-    const auto [ra, rb] = rotate(xf.narrow(-1, 0, half), xf.narrow(-1, half, half));
-    out = at::cat({ra, rb}, -1);
-  } else {
-    const torch::Tensor pairs = xf.unflatten(-1, {half, 2});
-    const auto [ra, rb] = rotate(pairs.select(-1, 0), pairs.select(-1, 1));
-    out = at::stack({ra, rb}, -1).flatten(-2);
-  }
-  return out.to(x.scalar_type());
+  return kernels::rope(x, cos_table, sin_table, positions, layout_ == RopeLayout::Interleaved, fused);
 }
 
 }  // namespace tessera::nn

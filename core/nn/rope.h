@@ -33,6 +33,8 @@ struct RotaryEmbeddingImpl : torch::nn::Module {
   double theta() const { return theta_; }
   RopeLayout layout() const { return layout_; }
 
+  bool fused = true;  // one CUDA kernel per rotation (core/kernels) on CUDA tensors
+
   // [max_positions, D/2] float32 tables, registered as buffers "cos" and "sin" so that .to(device)
   // moves them (they are derived from the config and not meant to be checkpointed).
   torch::Tensor cos_table, sin_table;

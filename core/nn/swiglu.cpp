@@ -1,6 +1,7 @@
 #include "core/nn/swiglu.h"
 
 #include "core/error.h"
+#include "core/kernels/fused.h"
 
 namespace tessera::nn {
 
@@ -27,7 +28,7 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden_dim) {
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
   const int64_t dim = w1->options.in_features();
   check(x.dim() >= 1 && x.size(-1) == dim, "SwiGLU: expected input [..., ", dim, "], got ", x.sizes());
-  return w2->forward(at::silu(w1->forward(x)) * w3->forward(x));
+  return w2->forward(kernels::silu_mul(w1->forward(x), w3->forward(x), fused));
 }
 
 }  // namespace tessera::nn

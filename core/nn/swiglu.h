@@ -22,6 +22,7 @@ struct SwiGLUImpl : torch::nn::Module {
   torch::nn::Linear w1{nullptr};  // dim -> hidden (gate, through silu)
   torch::nn::Linear w2{nullptr};  // hidden -> dim (down projection)
   torch::nn::Linear w3{nullptr};  // dim -> hidden (linear branch)
+  bool fused = true;                // silu(·) · (·) in one CUDA kernel (core/kernels) on CUDA tensors
 };
 TORCH_MODULE(SwiGLU);
 

@@ -1,0 +1,303 @@
+#include "core/kernels/fused.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <optional>
+
+#include "core/error.h"
+
+#ifdef TESSERA_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "core/kernels/fused_cuda.h"
+#endif
+
+namespace tessera::kernels {
+
+namespace {
+
+// ---- the same math through ATen (CPU, other dtypes, builds without the kernels) --------------------
+
+AddRmsNorm add_rms_norm_aten(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& scale, double eps,
+                             at::ScalarType out_dtype) {
+  const at::ScalarType compute = at::promote_types(
+      residual.defined() ? at::promote_types(residual.scalar_type(), x.scalar_type()) : x.scalar_type(), at::kFloat);
+  const at::Tensor sum = residual.defined() ? residual.to(compute) + x.to(compute) : x.to(compute);
+  const int64_t dim = sum.size(-1);
+  at::Tensor normed;
+  if (scale.scalar_type() == compute) {
+    normed = at::rms_norm(sum, {dim}, scale, eps);  // ATen's fused kernel where it has one
+  } else {
+    normed = sum * sum.square().mean(-1, /*keepdim=*/true).add_(eps).rsqrt_() * scale.to(compute);
+  }
+  return {sum, normed.to(out_dtype)};
+}
+
+at::Tensor rope_aten(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
+                     const at::Tensor& positions, bool interleaved) {
+  const int64_t B = x.size(0), T = x.size(2), half = x.size(3) / 2;
+  const at::Tensor flat = positions.reshape(-1).to(x.device(), at::kLong);
+  const int64_t pb = positions.dim() == 2 ? B : 1;
+  const at::Tensor c = cos_table.index_select(0, flat).view({pb, 1, T, half});
+  const at::Tensor s = sin_table.index_select(0, flat).view({pb, 1, T, half});
+  // float32 for reduced precision (no-op for float32 input; float64 stays float64).
+  const at::Tensor xf = x.to(at::promote_types(x.scalar_type(), at::kFloat));
+  // (a, b) -> (a cos - b sin, a sin + b cos); addcmul_ acts on fresh temporaries.
+  auto rotate = [&](const at::Tensor& a, const at::Tensor& b) {
+    return std::make_pair((a * c).addcmul_(b, s, -1), (a * s).addcmul_(b, c));
+  };
+  at::Tensor out;
+  if (!interleaved) {
+    const auto [ra, rb] = rotate(xf.narrow(-1, 0, half), xf.narrow(-1, half, half));
+    out = at::cat({ra, rb}, -1);
+  } else {
+    const at::Tensor pairs = xf.unflatten(-1, {half, 2});
+    const auto [ra, rb] = rotate(pairs.select(-1, 0), pairs.select(-1, 1));
+    out = at::stack({ra, rb}, -1).flatten(-2);
+  }
+  return out.to(x.scalar_type());
+}
+
+at::Tensor cross_entropy_aten(const at::Tensor& logits, const at::Tensor& targets) {
+  // Reduction in float32 whatever the logits' dtype (bf16 under autocast).
+  return at::cross_entropy_loss(logits.to(at::promote_types(logits.scalar_type(), at::kFloat)), targets, {},
+                                at::Reduction::None);
+}
+
+#ifdef TESSERA_WITH_CUDA
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace kc = tessera::kernels::cuda;
+
+std::optional<kc::DType> kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kc::DType::Float32;
+    case at::kBFloat16: return kc::DType::BFloat16;
+    case at::kHalf: return kc::DType::Float16;
+    default: return std::nullopt;
+  }
+}
+
+void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+void check_launch(int rc, const char* what) {
+  check(rc == 0, what, ": CUDA kernel launch failed: ", rc < 0 ? "unsupported dtype" : cudaGetErrorString(static_cast<cudaError_t>(rc)));
+}
+
+struct AddRmsNormFunction : torch::autograd::Function<AddRmsNormFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& residual, const at::Tensor& x_in,
+                               const at::Tensor& scale_in, double eps, int64_t out_dtype) {
+    const c10::cuda::CUDAGuard guard(x_in.device());
+    const at::Tensor x = x_in.contiguous(), scale = scale_in.contiguous();
+    const at::Tensor res = residual.defined() ? residual.contiguous() : residual;
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    const bool own_sum = res.defined() || x.scalar_type() != at::kFloat;
+    const at::Tensor sum = own_sum ? at::empty(x.sizes(), x.options().dtype(at::kFloat)) : x;
+    const at::Tensor normed = at::empty(x.sizes(), x.options().dtype(static_cast<at::ScalarType>(out_dtype)));
+    const at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+    check_launch(kc::add_rms_norm_forward(res.defined() ? res.data_ptr<float>() : nullptr, x.data_ptr(),
+                                          *kernel_dtype(x.scalar_type()), scale.data_ptr<float>(),
+                                          own_sum ? sum.data_ptr<float>() : nullptr, normed.data_ptr(),
+                                          *kernel_dtype(normed.scalar_type()), rstd.data_ptr<float>(), rows, dim,
+                                          static_cast<float>(eps), stream_of(x)),
+                 "add_rms_norm");
+    ctx->save_for_backward({sum, rstd, scale});
+    ctx->saved_data["has_residual"] = res.defined();
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    return {sum, normed};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &sum = saved[0], &rstd = saved[1], &scale = saved[2];
+    const bool has_residual = ctx->saved_data["has_residual"].toBool();
+    const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const c10::cuda::CUDAGuard guard(sum.device());
+    const at::Tensor grad_sum = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
+    if (!grads[1].defined()) {  // normed unused: the sum passes its gradient through
+      const at::Tensor g = grad_sum.defined() ? grad_sum : at::zeros_like(sum);
+      return {has_residual ? g : at::Tensor(), g.to(x_dtype), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    const at::Tensor grad_normed = grads[1].contiguous();
+    const int64_t dim = sum.size(-1), rows = sum.numel() / dim;
+    const at::Tensor grad_residual = has_residual ? at::empty_like(sum) : at::Tensor();
+    const at::Tensor grad_x = at::empty(sum.sizes(), sum.options().dtype(x_dtype));
+    const at::Tensor partials = at::empty({kc::add_rms_norm_backward_blocks(rows), dim}, sum.options());
+    check_launch(kc::add_rms_norm_backward(
+                     sum.data_ptr<float>(), rstd.data_ptr<float>(), scale.data_ptr<float>(), grad_normed.data_ptr(),
+                     *kernel_dtype(grad_normed.scalar_type()), grad_sum.defined() ? grad_sum.data_ptr<float>() : nullptr,
+                     has_residual ? grad_residual.data_ptr<float>() : nullptr, grad_x.data_ptr(), *kernel_dtype(x_dtype),
+                     partials.data_ptr<float>(), rows, dim, stream_of(sum)),
+                 "add_rms_norm backward");
+    return {grad_residual, grad_x, partials.sum(0), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct SiluMulFunction : torch::autograd::Function<SiluMulFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_in, const at::Tensor& up_in) {
+    const c10::cuda::CUDAGuard guard(gate_in.device());
+    const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
+    at::Tensor out = at::empty_like(gate);
+    check_launch(kc::silu_mul_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), *kernel_dtype(gate.scalar_type()),
+                                      gate.numel(), stream_of(gate)),
+                 "silu_mul");
+    ctx->save_for_backward({gate, up});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &gate = saved[0], &up = saved[1];
+    const c10::cuda::CUDAGuard guard(gate.device());
+    const at::Tensor grad = grads[0].to(gate.scalar_type()).contiguous();
+    at::Tensor grad_gate = at::empty_like(gate), grad_up = at::empty_like(up);
+    check_launch(kc::silu_mul_backward(gate.data_ptr(), up.data_ptr(), grad.data_ptr(), grad_gate.data_ptr(),
+                                       grad_up.data_ptr(), *kernel_dtype(gate.scalar_type()), gate.numel(),
+                                       stream_of(gate)),
+                 "silu_mul backward");
+    return {grad_gate, grad_up};
+  }
+};
+
+// Launches the rotation of x into a tensor of x's strides (last dimension contiguous).
+at::Tensor rope_launch(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
+                       const at::Tensor& positions, bool interleaved, bool inverse) {
+  at::Tensor out = at::empty_strided(x.sizes(), x.strides(), x.options());
+  kc::RopeShape s{x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2),
+                  interleaved, positions.dim() == 2, inverse};
+  check_launch(kc::rope_forward(x.data_ptr(), out.data_ptr(), *kernel_dtype(x.scalar_type()),
+                                cos_table.data_ptr<float>(), sin_table.data_ptr<float>(), positions.data_ptr<int64_t>(),
+                                s, stream_of(x)),
+               "rope");
+  return out;
+}
+
+// Rotations need the last dimension contiguous and no overlapping elements; anything else is copied.
+at::Tensor rope_ready(const at::Tensor& x) {
+  return x.stride(3) == 1 && x.is_non_overlapping_and_dense() ? x : x.contiguous();
+}
+
+struct RopeFunction : torch::autograd::Function<RopeFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos_table,
+                            const at::Tensor& sin_table, const at::Tensor& positions, bool interleaved) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor pos = positions.to(x.device(), at::kLong).contiguous();
+    ctx->save_for_backward({cos_table, sin_table, pos});
+    ctx->saved_data["interleaved"] = interleaved;
+    return rope_launch(rope_ready(x), cos_table, sin_table, pos, interleaved, /*inverse=*/false);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const c10::cuda::CUDAGuard guard(grads[0].device());
+    // The rotation is orthogonal: its transpose is the rotation by minus the angle.
+    const at::Tensor g = rope_launch(rope_ready(grads[0]), saved[0], saved[1], saved[2],
+                                     ctx->saved_data["interleaved"].toBool(), /*inverse=*/true);
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct CrossEntropyFunction : torch::autograd::Function<CrossEntropyFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits_in, const at::Tensor& targets_in) {
+    const c10::cuda::CUDAGuard guard(logits_in.device());
+    const at::Tensor logits = logits_in.contiguous(), targets = targets_in.to(at::kLong).contiguous();
+    const int64_t rows = logits.size(0), vocab = logits.size(1);
+    at::Tensor nll = at::empty({rows}, logits.options().dtype(at::kFloat));
+    const at::Tensor lse = at::empty({rows}, nll.options());
+    check_launch(kc::cross_entropy_forward(logits.data_ptr(), *kernel_dtype(logits.scalar_type()),
+                                           targets.data_ptr<int64_t>(), nll.data_ptr<float>(), lse.data_ptr<float>(),
+                                           rows, vocab, stream_of(logits)),
+                 "cross_entropy");
+    ctx->save_for_backward({logits, targets, lse});
+    return nll;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &logits = saved[0], &targets = saved[1], &lse = saved[2];
+    const c10::cuda::CUDAGuard guard(logits.device());
+    const at::Tensor grad_nll = grads[0].to(at::kFloat).contiguous();
+    at::Tensor grad_logits = at::empty_like(logits);
+    check_launch(kc::cross_entropy_backward(logits.data_ptr(), *kernel_dtype(logits.scalar_type()),
+                                            targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                                            grad_nll.data_ptr<float>(), grad_logits.data_ptr(), logits.size(0),
+                                            logits.size(1), stream_of(logits)),
+                 "cross_entropy backward");
+    return {grad_logits, at::Tensor()};
+  }
+};
+#endif  // TESSERA_WITH_CUDA
+
+#ifdef TESSERA_WITH_CUDA
+bool on_cuda(const at::Tensor& t) { return t.defined() && t.is_cuda(); }
+
+bool kernel_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+#endif
+
+}  // namespace
+
+bool cuda_kernels_built() {
+#ifdef TESSERA_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+AddRmsNorm add_rms_norm(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& scale, double eps,
+                        at::ScalarType out_dtype, bool use_kernel) {
+  const int64_t dim = scale.numel();
+  check(x.dim() >= 1 && x.size(-1) == dim && scale.dim() == 1, "add_rms_norm: expected x [..., ", dim,
+        "] and scale [", dim, "], got ", x.sizes(), " and ", scale.sizes());
+  check(!residual.defined() || residual.sizes() == x.sizes(), "add_rms_norm: residual ", residual.sizes(),
+        " and x ", x.sizes(), " differ");
+#ifdef TESSERA_WITH_CUDA
+  if (use_kernel && on_cuda(x) && kernel_float_type(x.scalar_type()) && kernel_float_type(out_dtype) &&
+      scale.scalar_type() == at::kFloat && (!residual.defined() || residual.scalar_type() == at::kFloat) &&
+      x.numel() > 0) {
+    const variable_list out =
+        AddRmsNormFunction::apply(residual, x, scale, eps, static_cast<int64_t>(out_dtype));
+    return {out[0], out[1]};
+  }
+#endif
+  return add_rms_norm_aten(residual, x, scale, eps, out_dtype);
+}
+
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, bool use_kernel) {
+  check(gate.sizes() == up.sizes(), "silu_mul: gate ", gate.sizes(), " and up ", up.sizes(), " differ");
+#ifdef TESSERA_WITH_CUDA
+  if (use_kernel && on_cuda(gate) && gate.scalar_type() == up.scalar_type() && kernel_float_type(gate.scalar_type()))
+    return SiluMulFunction::apply(gate, up);
+#endif
+  return at::silu(gate) * up;
+}
+
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
+                const at::Tensor& positions, bool interleaved, bool use_kernel) {
+  check(x.dim() == 4 && x.size(3) % 2 == 0 && cos_table.size(1) == x.size(3) / 2, "rope: expected x [B, H, T, D] with D = ",
+        2 * cos_table.size(1), ", got ", x.sizes());
+#ifdef TESSERA_WITH_CUDA
+  if (use_kernel && on_cuda(x) && kernel_float_type(x.scalar_type()) && cos_table.scalar_type() == at::kFloat &&
+      sin_table.scalar_type() == at::kFloat && cos_table.is_contiguous() && sin_table.is_contiguous())
+    return RopeFunction::apply(x, cos_table, sin_table, positions, interleaved);
+#endif
+  return rope_aten(x, cos_table, sin_table, positions, interleaved);
+}
+
+at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets, bool use_kernel) {
+  check(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0),
+        "cross_entropy_nll: expected logits [N, V] and targets [N], got ", logits.sizes(), " and ", targets.sizes());
+#ifdef TESSERA_WITH_CUDA
+  if (use_kernel && on_cuda(logits) && kernel_float_type(logits.scalar_type()) && logits.size(1) > 0)
+    return CrossEntropyFunction::apply(logits, targets);
+#endif
+  return cross_entropy_aten(logits, targets);
+}
+
+at::ScalarType activation_dtype(const at::Tensor& x) {
+  const at::DeviceType device = x.device().type();
+  if ((device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device))
+    return at::autocast::get_autocast_dtype(device);
+  return x.scalar_type();
+}
+
+}  // namespace tessera::kernels

@@ -1,0 +1,44 @@
+// Fused operations of the transformer blocks, with autograd. On CUDA tensors (in builds where LibTorch
+// has CUDA) each is one kernel forward and one backward (core/kernels/fused_cuda.cu); everywhere else,
+// and for dtypes the kernels do not cover, the same math through ATen ops, so CPU builds compute the
+// same function. All math runs in float32 whatever the storage dtype.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace tessera::kernels {
+
+// Whether this build has the CUDA kernels (LibTorch with CUDA and TESSERA_WITH_CUDA).
+bool cuda_kernels_built();
+
+struct AddRmsNorm {
+  at::Tensor sum;     // residual + x in float32 (the new residual stream); x itself when residual is undefined and x is float32
+  at::Tensor normed;  // RMSNorm(sum) · scale in out_dtype
+};
+
+// Pre-norm residual step: sum = residual + x (residual may be undefined), normed = sum / rms(sum) · scale,
+// cast once to out_dtype (bf16 under autocast, so that the next projection needs no cast). scale: [dim]
+// float32 (a norm's weight, or weight + 1).
+// use_kernel = false takes the ATen path on CUDA too (for measuring what the kernels gain).
+AddRmsNorm add_rms_norm(const at::Tensor& residual, const at::Tensor& x, const at::Tensor& scale, double eps,
+                        at::ScalarType out_dtype, bool use_kernel = true);
+
+// SwiGLU's gate: silu(gate) · up (same shapes and dtype).
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, bool use_kernel = true);
+
+// Rotary embedding of x [B, H, T, D] by the angles in cos/sin tables [max_positions, D/2] (float32) at
+// integer positions [T] or [B, T] (already range-checked by the caller); interleaved pairs (2i, 2i + 1),
+// else (i, i + D/2). Returns x's dtype.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
+                const at::Tensor& positions, bool interleaved, bool use_kernel = true);
+
+// Per-token negative log-likelihood in float32 of logits [N, V] (any float dtype) at targets [N] (int64;
+// -100 is ignored: 0 and no gradient). The CUDA kernel reads bf16 logits directly: no float32 copy of the
+// logits is made, forward or backward.
+at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets, bool use_kernel = true);
+
+// The dtype activations take under autocast on x's device (bf16 on CUDA when enabled), else x's dtype:
+// what a fused norm should write so that the next projection needs no cast.
+at::ScalarType activation_dtype(const at::Tensor& x);
+
+}  // namespace tessera::kernels

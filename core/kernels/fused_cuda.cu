@@ -1,0 +1,326 @@
+// Fused CUDA kernels for the transformer blocks' elementwise and row-wise work (see fused_cuda.h).
+// Math in float32 whatever the storage dtype; one rounding at each output.
+#include "core/kernels/fused_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <type_traits>
+
+namespace tessera::kernels::cuda {
+namespace {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+constexpr int kThreads = 256;
+
+// Sum over the block (every thread gets the result). Uses 32 floats of shared memory.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // partial[] may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = lane < warps ? partial[lane] : 0.f;
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ float block_max(float v) {
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = lane < warps ? partial[lane] : -INFINITY;
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+int finish() { return static_cast<int>(cudaGetLastError()); }
+
+// Calls f with a typed null pointer for the dtype (for template dispatch); returns -1 for unknown dtypes.
+template <typename F>
+int dispatch(DType d, F&& f) {
+  switch (d) {
+    case DType::Float32: return f(static_cast<float*>(nullptr));
+    case DType::BFloat16: return f(static_cast<__nv_bfloat16*>(nullptr));
+    case DType::Float16: return f(static_cast<__half*>(nullptr));
+  }
+  return -1;
+}
+
+// ---- residual add + RMSNorm ------------------------------------------------------------------------
+
+template <typename TX, typename TO>
+__global__ void add_rms_norm_fwd_kernel(const float* __restrict__ residual, const TX* __restrict__ x,
+                                        const float* __restrict__ scale, float* __restrict__ sum_out,
+                                        TO* __restrict__ out, float* __restrict__ rstd, int64_t dim, float eps) {
+  const int64_t row = blockIdx.x;
+  const TX* xr = x + row * dim;
+  const float* rr = residual ? residual + row * dim : nullptr;
+  float* sr = sum_out ? sum_out + row * dim : nullptr;
+  float squares = 0.f;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    float v = to_float(xr[j]);
+    if (rr) v += rr[j];
+    if (sr) sr[j] = v;
+    squares += v * v;
+  }
+  const float inv = rsqrtf(block_sum(squares) / static_cast<float>(dim) + eps);
+  if (threadIdx.x == 0) rstd[row] = inv;
+  TO* orow = out + row * dim;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    const float v = sr ? sr[j] : to_float(xr[j]) + (rr ? rr[j] : 0.f);  // sr[j] was written by this thread
+    orow[j] = from_float<TO>(v * inv * scale[j]);
+  }
+}
+
+constexpr int64_t kNormBackwardRowsPerBlock = 16;
+
+template <typename TG, typename TX>
+__global__ void add_rms_norm_bwd_kernel(const float* __restrict__ sum, const float* __restrict__ rstd,
+                                        const float* __restrict__ scale, const TG* __restrict__ grad_normed,
+                                        const float* __restrict__ grad_sum, float* __restrict__ grad_residual,
+                                        TX* __restrict__ grad_x, float* __restrict__ scale_partials, int64_t rows,
+                                        int64_t dim) {
+  extern __shared__ float scale_grad[];  // [dim]: this block's partial sum of grad_normed · x̂
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) scale_grad[j] = 0.f;
+  const int64_t first = blockIdx.x * kNormBackwardRowsPerBlock;
+  const int64_t last = min(rows, first + kNormBackwardRowsPerBlock);
+  for (int64_t row = first; row < last; ++row) {
+    const float inv = rstd[row];
+    const float* s = sum + row * dim;
+    const TG* g = grad_normed + row * dim;
+    float dot = 0.f;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dot += to_float(g[j]) * scale[j] * s[j] * inv;
+    const float mean_dot = block_sum(dot) / static_cast<float>(dim);
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+      const float xhat = s[j] * inv, gj = to_float(g[j]);
+      float dx = inv * (gj * scale[j] - xhat * mean_dot);
+      if (grad_sum) dx += grad_sum[row * dim + j];
+      if (grad_residual) grad_residual[row * dim + j] = dx;
+      if (grad_x) grad_x[row * dim + j] = from_float<TX>(dx);
+      scale_grad[j] += gj * xhat;  // only this thread touches column j
+    }
+  }
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) scale_partials[blockIdx.x * dim + j] = scale_grad[j];
+}
+
+// ---- SwiGLU's silu(gate) · up ---------------------------------------------------------------------
+
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+
+template <typename T>
+__global__ void silu_mul_fwd_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
+                                    int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_float(gate[i]);
+    out[i] = from_float<T>(g * sigmoid(g) * to_float(up[i]));
+  }
+}
+
+template <typename T>
+__global__ void silu_mul_bwd_kernel(const T* __restrict__ gate, const T* __restrict__ up, const T* __restrict__ grad,
+                                    T* __restrict__ grad_gate, T* __restrict__ grad_up, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_float(gate[i]), u = to_float(up[i]), go = to_float(grad[i]);
+    const float sg = sigmoid(g);
+    grad_gate[i] = from_float<T>(go * u * sg * (1.f + g * (1.f - sg)));
+    grad_up[i] = from_float<T>(go * g * sg);
+  }
+}
+
+int elementwise_blocks(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(blocks < 132 * 32 ? (blocks > 0 ? blocks : 1) : 132 * 32);
+}
+
+// ---- rotary embedding ------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ cos_table,
+                            const float* __restrict__ sin_table, const int64_t* __restrict__ positions,
+                            RopeShape s) {
+  const int64_t half = s.D / 2;
+  const int64_t pairs = s.B * s.T * s.H * half;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < pairs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    // Index order b, t, h, pair: consecutive threads walk one token's heads, which sit side by side in
+    // the projection's [B, T, H, D] output.
+    const int64_t p = i % half;
+    const int64_t h = (i / half) % s.H;
+    const int64_t t = (i / (half * s.H)) % s.T;
+    const int64_t b = i / (half * s.H * s.T);
+    const int64_t pos = positions[s.positions_batched ? b * s.T + t : t];
+    const float c = cos_table[pos * half + p];
+    const float sn = s.inverse ? -sin_table[pos * half + p] : sin_table[pos * half + p];
+    const int64_t base = b * s.x_stride_b + h * s.x_stride_h + t * s.x_stride_t;
+    const int64_t ia = base + (s.interleaved ? 2 * p : p), ib = base + (s.interleaved ? 2 * p + 1 : p + half);
+    const float a = to_float(x[ia]), bv = to_float(x[ib]);
+    out[ia] = from_float<T>(a * c - bv * sn);
+    out[ib] = from_float<T>(a * sn + bv * c);
+  }
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------------
+
+constexpr int kCeThreads = 512;
+
+template <typename T>
+__global__ void cross_entropy_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                                         float* __restrict__ nll, float* __restrict__ lse, int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  const T* l = logits + row * vocab;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) m = fmaxf(m, to_float(l[j]));
+  m = block_max(m);
+  float total = 0.f;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) total += __expf(to_float(l[j]) - m);
+  total = block_sum(total);
+  if (threadIdx.x == 0) {
+    const float row_lse = m + logf(total);
+    lse[row] = row_lse;
+    const int64_t t = targets[row];
+    if (t == -100) nll[row] = 0.f;
+    else if (t < 0 || t >= vocab) nll[row] = NAN;  // a bad target must not pass silently
+    else nll[row] = row_lse - to_float(l[t]);
+  }
+}
+
+template <typename T>
+__global__ void cross_entropy_bwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                                         const float* __restrict__ lse, const float* __restrict__ grad_nll,
+                                         T* __restrict__ grad_logits, int64_t vocab) {
+  const int64_t row = blockIdx.x;
+  const int64_t t = targets[row];
+  const float g = (t == -100) ? 0.f : grad_nll[row];
+  const float row_lse = lse[row];
+  const T* l = logits + row * vocab;
+  T* out = grad_logits + row * vocab;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float p = __expf(to_float(l[j]) - row_lse);
+    out[j] = from_float<T>(g * (p - (j == t ? 1.f : 0.f)));
+  }
+}
+
+}  // namespace
+
+int add_rms_norm_forward(const float* residual, const void* x, DType x_dtype, const float* scale, float* sum_out,
+                         void* normed_out, DType out_dtype, float* rstd_out, int64_t rows, int64_t dim, float eps,
+                         void* stream) {
+  if (rows == 0) return 0;
+  return dispatch(x_dtype, [&](auto* xt) {
+    using TX = std::remove_pointer_t<decltype(xt)>;
+    return dispatch(out_dtype, [&](auto* ot) {
+      using TO = std::remove_pointer_t<decltype(ot)>;
+      add_rms_norm_fwd_kernel<TX, TO><<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+          residual, static_cast<const TX*>(x), scale, sum_out, static_cast<TO*>(normed_out), rstd_out, dim, eps);
+      return finish();
+    });
+  });
+}
+
+int64_t add_rms_norm_backward_blocks(int64_t rows) {
+  return (rows + kNormBackwardRowsPerBlock - 1) / kNormBackwardRowsPerBlock;
+}
+
+int add_rms_norm_backward(const float* sum, const float* rstd, const float* scale, const void* grad_normed,
+                          DType grad_dtype, const float* grad_sum, float* grad_residual, void* grad_x, DType x_dtype,
+                          float* scale_partials, int64_t rows, int64_t dim, void* stream) {
+  if (rows == 0) return 0;
+  const size_t shared = static_cast<size_t>(dim) * sizeof(float);
+  return dispatch(grad_dtype, [&](auto* gt) {
+    using TG = std::remove_pointer_t<decltype(gt)>;
+    return dispatch(x_dtype, [&](auto* xt) {
+      using TX = std::remove_pointer_t<decltype(xt)>;
+      auto kernel = add_rms_norm_bwd_kernel<TG, TX>;
+      if (shared > 48 * 1024) {
+        const cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+        if (e != cudaSuccess) return static_cast<int>(e);
+      }
+      kernel<<<static_cast<unsigned>(add_rms_norm_backward_blocks(rows)), kThreads, shared,
+               static_cast<cudaStream_t>(stream)>>>(sum, rstd, scale, static_cast<const TG*>(grad_normed), grad_sum,
+                                                    grad_residual, static_cast<TX*>(grad_x), scale_partials, rows, dim);
+      return finish();
+    });
+  });
+}
+
+int silu_mul_forward(const void* gate, const void* up, void* out, DType dtype, int64_t n, void* stream) {
+  if (n == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    silu_mul_fwd_kernel<T><<<elementwise_blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<T*>(out), n);
+    return finish();
+  });
+}
+
+int silu_mul_backward(const void* gate, const void* up, const void* grad, void* grad_gate, void* grad_up, DType dtype,
+                      int64_t n, void* stream) {
+  if (n == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    silu_mul_bwd_kernel<T><<<elementwise_blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<const T*>(grad), static_cast<T*>(grad_gate),
+        static_cast<T*>(grad_up), n);
+    return finish();
+  });
+}
+
+int rope_forward(const void* x, void* out, DType dtype, const float* cos_table, const float* sin_table,
+                 const int64_t* positions, const RopeShape& shape, void* stream) {
+  const int64_t pairs = shape.B * shape.H * shape.T * (shape.D / 2);
+  if (pairs == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    rope_kernel<T><<<elementwise_blocks(pairs), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(x), static_cast<T*>(out), cos_table, sin_table, positions, shape);
+    return finish();
+  });
+}
+
+int cross_entropy_forward(const void* logits, DType dtype, const int64_t* targets, float* nll, float* lse, int64_t rows,
+                          int64_t vocab, void* stream) {
+  if (rows == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    cross_entropy_fwd_kernel<T><<<static_cast<unsigned>(rows), kCeThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(logits), targets, nll, lse, vocab);
+    return finish();
+  });
+}
+
+int cross_entropy_backward(const void* logits, DType dtype, const int64_t* targets, const float* lse,
+                           const float* grad_nll, void* grad_logits, int64_t rows, int64_t vocab, void* stream) {
+  if (rows == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    cross_entropy_bwd_kernel<T><<<static_cast<unsigned>(rows), kCeThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(logits), targets, lse, grad_nll, static_cast<T*>(grad_logits), vocab);
+    return finish();
+  });
+}
+
+}  // namespace tessera::kernels::cuda
