@@ -91,7 +91,8 @@ struct AddRmsNormFunction : torch::autograd::Function<AddRmsNormFunction> {
                                const at::Tensor& scale_in, double eps, int64_t out_dtype) {
     const c10::cuda::CUDAGuard guard(x_in.device());
     const at::Tensor x = x_in.contiguous(), scale = scale_in.contiguous();
-    const at::Tensor res = residual.defined() ? residual.contiguous() : residual;
+    // No residual is passed as an empty tensor: custom autograd functions take no undefined inputs.
+    const at::Tensor res = residual.numel() > 0 ? residual.contiguous() : at::Tensor();
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
     const bool own_sum = res.defined() || x.scalar_type() != at::kFloat;
     const at::Tensor sum = own_sum ? at::empty(x.sizes(), x.options().dtype(at::kFloat)) : x;
@@ -254,8 +255,8 @@ AddRmsNorm add_rms_norm(const at::Tensor& residual, const at::Tensor& x, const a
   if (use_kernel && on_cuda(x) && kernel_float_type(x.scalar_type()) && kernel_float_type(out_dtype) &&
       scale.scalar_type() == at::kFloat && (!residual.defined() || residual.scalar_type() == at::kFloat) &&
       x.numel() > 0) {
-    const variable_list out =
-        AddRmsNormFunction::apply(residual, x, scale, eps, static_cast<int64_t>(out_dtype));
+    const at::Tensor res = residual.defined() ? residual : at::empty({0}, x.options().dtype(at::kFloat));
+    const variable_list out = AddRmsNormFunction::apply(res, x, scale, eps, static_cast<int64_t>(out_dtype));
     return {out[0], out[1]};
   }
 #endif
