@@ -9,8 +9,8 @@
 #   PART=recipe  the entropy model and θ as above, then recipes/blt_vs_bpe_gpu.yaml (six arms at equal
 #                FLOPs) and 4 KB of greedy generation with the trained entropy-patched BLT, cached against
 #                uncached (full forward per byte).
-#   PART=sweep   the entropy model and θ, then the six arms again at each learning rate in LRS (default
-#                "6e-4 3e-3"; the recipe's own is 1.5e-3), each into runs/blt_vs_bpe_gpu_lr<LR>.
+#   PART=sweep   the entropy model and θ, then the six arms again, all at each learning rate in LRS
+#                (default "6e-4 3e-3"), each into runs/blt_vs_bpe_gpu_lr<LR>.
 # STEPS / WARMUP / STAGES override the benchmark's step counts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,6 +67,8 @@ if [ "$PART" = recipe ] || [ "$PART" = sweep ]; then
 fi
 
 if [ "$PART" = sweep ]; then
+  # One learning rate for every arm: drop the arms' own (the recipe ships each arm's best).
+  sed -i '/^      train: {lr: /d' "$OUT/blt_vs_bpe_gpu.yaml"
   for lr in ${LRS:-6e-4 3e-3}; do
     "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" --run-dir "runs/blt_vs_bpe_gpu_lr$lr" "train.lr=$lr" \
       > "$OUT/recipe-lr$lr.log" 2>&1 || tail -40 "$OUT/recipe-lr$lr.log"
