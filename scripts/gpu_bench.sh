@@ -8,7 +8,8 @@
 # SECOND_SHAPE=1 adds dim 2048 / 24 layers / seq 4096 / batch 2. STEPS / WARMUP override the counts.
 # MODES: the PyTorch reference modes (default "eager eager-fused compile"). UNFUSED=1 adds Tessera with
 # fused_kernels: false (the ATen path) for what core/kernels gain; PROFILE=1 adds a per-kernel profile
-# of Tessera's step for each shape (profile-<shape>.txt).
+# of Tessera's step for each shape (profile-<shape>.txt); NUMERICS=1 compares 200-step loss curves
+# (fused kernels against the ATen path, numerics.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/runs/gpu_bench}"
@@ -62,6 +63,31 @@ run_shape() {  # name dim layers heads vocab batch seq
 }
 run_shape s220m 1024 12 16 32000 8 2048
 [ "${SECOND_SHAPE:-0}" = 1 ] && run_shape s1b 2048 24 16 32000 2 4096
+
+# Numerics (NUMERICS=1): 200 steps of the 220M model on the same 4 batches from the same initialisation,
+# fused kernels against the ATen path (twice, for the run-to-run spread), compared step by step.
+if [ "${NUMERICS:-0}" = 1 ]; then
+  for run in fused:true aten:false aten2:false; do
+    "$TESSERA" bench train --model "{arch: dense, dim: 1024, n_layers: 12, n_heads: 16, fused_kernels: ${run#*:}}" \
+      --vocab 32000 --batch 8 --seq 2048 --steps 200 --warmup 0 --device cuda --json "$OUT/numerics-${run%%:*}.json" > /dev/null
+  done
+  $PY - "$OUT" > "$OUT/numerics.md" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+curve = {k: json.load(open(os.path.join(out, f"numerics-{k}.json")))["losses"] for k in ("fused", "aten", "aten2")}
+def diff(a, b):
+    d = [abs(x - y) for x, y in zip(curve[a], curve[b])]
+    return max(d), sum(d) / len(d)
+print("| pair | max abs diff | mean abs diff | loss at steps 0 / 100 / 199 |")
+print("|---|---|---|---|")
+for a, b in (("fused", "aten"), ("aten", "aten2")):
+    mx, mean = diff(a, b)
+    print(f"| {a} vs {b} | {mx:.4f} | {mean:.4f} | {curve[a][0]:.3f} / {curve[a][100]:.3f} / {curve[a][199]:.3f} |")
+mx, mean = diff("fused", "aten")
+print(f"\ntolerance (stated in advance): max <= 0.05 nats and mean <= 0.01 nats: {'PASS' if mx <= 0.05 and mean <= 0.01 else 'FAIL'}")
+EOF
+  cat "$OUT/numerics.md"
+fi
 
 $PY - "$OUT" > "$OUT/table.md" <<'EOF'
 import glob, json, os, sys

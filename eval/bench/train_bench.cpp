@@ -61,6 +61,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   reset_peak_memory(device);
   std::vector<double> times_ms;
   double first_loss = 0, last_loss = 0;
+  std::vector<double> losses;  // every step's, warm-up included: the loss curve for numerics checks
   for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
     synchronize(device);
     const auto t0 = std::chrono::steady_clock::now();
@@ -73,6 +74,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
     const double loss = out.loss.item<double>();
     if (s == 0) first_loss = loss;
     last_loss = loss;
+    losses.push_back(loss);
   }
   KernelProfile profile;
   if (o.profile_steps > 0) {
@@ -136,7 +138,8 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
             {"timed_steps", o.steps},
             {"warmup_steps", o.warmup},
             {"first_loss", first_loss},
-            {"last_loss", last_loss}};
+            {"last_loss", last_loss},
+            {"losses", losses}};
   if (!profile.kernels.empty()) r.json["kernels"] = profile.kernels;
   if (!o.model.empty()) r.json["model"] = YAML::Dump(model->config_yaml());
   if (!o.data.empty()) r.json["data"] = o.data;

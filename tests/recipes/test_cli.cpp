@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -306,6 +307,26 @@ TEST(Cli, BenchTrainRunsOnCpu) {
             0)
       << err;
   EXPECT_NE(out.find("TFLOP/s"), std::string::npos) << out;
+  // The JSON keeps every step's loss (the curve scripts/gpu_bench.sh NUMERICS=1 compares); the same seed
+  // gives the same curve, and the ATen path (fused_kernels: false) the same one on the CPU.
+  TempDir dir;
+  std::vector<std::vector<double>> curves;
+  for (const char* fused : {"true", "false"}) {
+    const fs::path json = dir.path() / (std::string("losses-") + fused + ".json");
+    ASSERT_EQ(cli({"bench", "train", "--model",
+                   std::string("{arch: dense, dim: 32, n_layers: 1, n_heads: 2, multiple_of: 16, fused_kernels: ") + fused + "}",
+                   "--vocab", "64", "--batch", "2", "--seq", "16", "--warmup", "2", "--steps", "6", "--device", "cpu",
+                   "--json", json.string()},
+                  &out, &err),
+              0)
+        << err;
+    curves.push_back(nlohmann::json::parse(std::ifstream(json)).at("losses").get<std::vector<double>>());
+  }
+  ASSERT_EQ(curves[0].size(), 8u);
+  for (size_t i = 0; i < curves[0].size(); ++i) {
+    EXPECT_TRUE(std::isfinite(curves[0][i]));
+    EXPECT_DOUBLE_EQ(curves[0][i], curves[1][i]) << "step " << i;
+  }
   // --profile adds a per-operator breakdown (per-kernel on CUDA) in which the matrix multiplies appear.
   ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
                  "--seq", "16", "--warmup", "1", "--steps", "1", "--device", "cpu", "--profile", "1"},
