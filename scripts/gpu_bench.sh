@@ -46,8 +46,7 @@ run_shape() {  # name dim layers heads vocab batch seq
     --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda --json "$OUT/$name-tessera.json"
   if [ "${UNFUSED:-0}" = 1 ]; then
     "$TESSERA" bench train --model "{arch: dense, dim: $dim, n_layers: $layers, n_heads: $heads, fused_kernels: false}" \
-      --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" --seq "$seq" \
-      --steps "$STEPS" --warmup "$WARMUP" --device cuda \
+      --vocab "$vocab" --batch "$batch" --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda \
       --json "$OUT/$name-tessera-unfused.json"
   fi
   if [ "${PROFILE:-0}" = 1 ]; then
@@ -101,9 +100,11 @@ for shape in sorted({os.path.basename(p).split("-")[0] for p in glob.glob(os.pat
             for impl in ("tessera", "tessera-unfused", "pytorch-eager", "pytorch-eager-fused", "pytorch-compile")
             if os.path.exists(os.path.join(out, f"{shape}-{impl}.json"))]
     base = rows[0][1]["step_ms_median"]
+    shape_json = rows[0][1]  # the default-model row: its dims are the shape's (a --model row reports defaults)
     for impl, r in rows:
         label = "tessera (fused_kernels: false)" if impl == "tessera-unfused" else r["impl"]
-        desc = f"d{r['dim']} L{r['n_layers']} B{r['batch_size']}×T{r['seq_len']} ({r['parameters']/1e6:.0f}M)"
+        desc = (f"d{shape_json['dim']} L{shape_json['n_layers']} B{r['batch_size']}×T{r['seq_len']} "
+                f"({r['parameters']/1e6:.0f}M)")
         print(f"| {desc} | {label} | {r['step_ms_median']:.1f} | {r['step_ms_min']:.1f}–{r['step_ms_max']:.1f} | "
               f"{r['tokens_per_s']:,.0f} | {r['tflops']:.0f} | {100 * r['tflops'] / gemm:.0f}% | "
               f"{r['peak_memory_gb']:.1f} | {r['step_ms_median'] / base:.3f}× |")
