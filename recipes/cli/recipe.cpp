@@ -68,6 +68,14 @@ LoadedRecipe load_recipe(const std::string& file, const std::vector<std::string>
         tree["model"] = YAML::Clone(set_model);
       merge_into(tree, chosen->set);
     }
+    // Command-line overrides win over the variant's settings too (a variant that replaced the model
+    // section would otherwise drop `model.*` overrides silently); its run_dir and name are derived below.
+    std::vector<std::string> variant_overrides;
+    for (const auto& o : overrides) {
+      const std::string key = o.substr(0, o.find('='));
+      if (key != "run_dir" && key != "name") variant_overrides.push_back(o);
+    }
+    config::apply_overrides(tree, variant_overrides);
     const fs::path base_dir = base.run_dir.empty() ? fs::path("runs") / base.name : fs::path(base.run_dir);
     if (!(chosen->set && chosen->set["run_dir"])) tree["run_dir"] = (base_dir / variant).string();
     if (!(chosen->set && chosen->set["name"])) tree["name"] = base.name + "/" + variant;

@@ -710,6 +710,11 @@ TEST(Cli, BltVersusBpeComparisonAndPatchCalibration) {
 // The shipped recipe resolves for both arms: nearly equal parameters, a context four chunks long.
 TEST(Cli, ShippedMegalodonRecipeMatchesParametersAndSpansSeveralChunks) {
   const std::string file = std::string(TESSERA_SOURCE_DIR) + "/recipes/megalodon_vs_dense.yaml";
+  // A command-line override reaches a variant that replaces the model section (megalodon here) and beats
+  // the variant's own settings.
+  const LoadedRecipe overridden = load_recipe(file, {"model.chunk_size=64", "train.lr=1.0e-4"}, "megalodon");
+  EXPECT_EQ(overridden.config.model["chunk_size"].as<int64_t>(), 64);
+  EXPECT_EQ(overridden.config.train.lr, 1.0e-4);
   int64_t params[2];
   int i = 0;
   for (const char* variant : {"dense", "megalodon"}) {
