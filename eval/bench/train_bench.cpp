@@ -5,10 +5,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <map>
+
+#include <unistd.h>
 
 #include "architectures/dense.h"
 #include "core/error.h"
+#include "core/io/process.h"
 #include "core/progress.h"
 #include "core/train/optimizer.h"
 #include "core/train/runtime.h"
@@ -20,6 +25,50 @@
 #include "objectives/lm.h"
 
 namespace tessera {
+
+nlohmann::json run_pytorch_reference(const TrainBenchOptions& o, const c10::Device& device) {
+  check(o.model.empty() && o.data.empty(), "bench: --reference runs the PyTorch twin of the default dense model "
+        "on random ids; it does not combine with --model or --data");
+  check(!o.reference_script.empty() && std::filesystem::exists(o.reference_script), "bench: the PyTorch reference "
+        "script '", o.reference_script, "' does not exist (eval/bench/reference/dense.py in the source tree; set "
+        "--reference-script)");
+  const std::filesystem::path scratch = std::filesystem::temp_directory_path() /
+                                        ("tessera-reference-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(scratch);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string& mode : o.reference_modes) {
+    check(mode == "eager" || mode == "eager-fused" || mode == "compile", "bench: unknown --reference mode '", mode,
+          "'; valid: eager, eager-fused, compile");
+    std::vector<std::string> argv = {o.python,         o.reference_script,           "--mode",
+                                     mode,             "--dim",                      std::to_string(o.dim),
+                                     "--n-layers",     std::to_string(o.n_layers),   "--n-heads",
+                                     std::to_string(o.n_heads), "--n-kv-heads",      std::to_string(o.n_kv_heads),
+                                     "--vocab-size",   std::to_string(o.vocab_size), "--batch-size",
+                                     std::to_string(o.batch_size), "--seq-len",      std::to_string(o.seq_len),
+                                     "--warmup",       std::to_string(o.warmup),     "--steps",
+                                     std::to_string(o.steps), "--seed",              std::to_string(o.seed),
+                                     "--device",       device.is_cuda() ? "cuda" : "cpu"};
+    if (o.tie_embeddings) argv.push_back("--tie-embeddings");
+    const std::filesystem::path out = scratch / (mode + ".json"), err = scratch / (mode + ".log");
+    const int status = io::ChildProcess(argv, out, err).wait();
+    check(status == 0, "bench: the PyTorch reference (", mode, ") failed with exit status ", status, ": ",
+          io::tail_of_file(err, 1500), " (needs PyTorch for ", o.python, "; set --python)");
+    nlohmann::json row;
+    try {
+      row = nlohmann::json::parse(std::ifstream(out));
+    } catch (const nlohmann::json::exception& e) {
+      fail("bench: the PyTorch reference (", mode, ") printed no JSON result: ", e.what(), "; its output: ",
+           io::tail_of_file(out, 500));
+    }
+    for (const char* key : {"step_ms_median", "tokens_per_s", "tflops", "peak_memory_gb"})
+      check(row.contains(key) && row[key].is_number(), "bench: the PyTorch reference (", mode, ") result lacks '", key, "'");
+    row["impl"] = "pytorch-" + mode;
+    rows.push_back(row);
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(scratch, ec);
+  return rows;
+}
 
 TrainBenchResult bench_train(const TrainBenchOptions& o) {
   check(o.steps > 0 && o.warmup >= 0, "bench: --steps must be positive and --warmup >= 0");
@@ -178,6 +227,22 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
                 (long)o.steps, sorted.front(), sorted.back(), format_count(tokens / (median_ms / 1e3)).c_str(), tflops,
                 peak_gb);
   r.summary = std::string(buf) + stage_table + profile.table;
+  if (!o.reference_modes.empty()) {
+    const nlohmann::json rows = run_pytorch_reference(o, device);
+    r.json["reference"] = rows;
+    std::string table = "  implementation        | step ms (median) | tokens/s   | TFLOP/s | peak GB | time vs Tessera\n";
+    auto row = [&](const std::string& impl, const nlohmann::json& j) {
+      char line[256];
+      std::snprintf(line, sizeof line, "  %-21s | %16.2f | %10.0f | %7.1f | %7.2f | %.3fx\n", impl.c_str(),
+                    j.at("step_ms_median").get<double>(), j.at("tokens_per_s").get<double>(),
+                    j.at("tflops").get<double>(), j.at("peak_memory_gb").get<double>(),
+                    j.at("step_ms_median").get<double>() / median_ms);
+      table += line;
+    };
+    row("tessera", r.json);
+    for (const auto& j : rows) row(j.at("impl").get<std::string>(), j);
+    r.summary += table;
+  }
   return r;
 }
 

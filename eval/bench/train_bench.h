@@ -5,7 +5,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <c10/core/Device.h>
+
 #include <string>
+#include <vector>
 
 #include "eval/bench/bench_model.h"
 
@@ -32,6 +35,12 @@ struct TrainBenchOptions {
                               // vocabulary then sizes the model
   int64_t stage_steps = 0;    // > 0: after timing, split this many steps by the model's stages (StageTimer)
   PrepareModelFn prepare_model;  // run on the built model (e.g. attach BLT's entropy model)
+  // PyTorch reference (default dense model only): after Tessera's timing, run this script
+  // (eval/bench/reference/dense.py) with `python` once per mode (eager, eager-fused, compile) on the same
+  // shape, device and step counts, and report its rows beside Tessera's.
+  std::vector<std::string> reference_modes;
+  std::string python = "python3";
+  std::string reference_script;
 };
 
 struct TrainBenchResult {
@@ -40,5 +49,9 @@ struct TrainBenchResult {
 };
 
 TrainBenchResult bench_train(const TrainBenchOptions& options);
+
+// Runs options.reference_modes of the PyTorch reference on `device`; one JSON row per mode (its own keys
+// plus "impl": "pytorch-<mode>"). Errors name the mode, the exit status and the script's stderr.
+nlohmann::json run_pytorch_reference(const TrainBenchOptions& options, const c10::Device& device);
 
 }  // namespace tessera

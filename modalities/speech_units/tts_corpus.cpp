@@ -1,14 +1,11 @@
 #include "modalities/speech_units/tts_corpus.h"
 
 #include <ATen/ATen.h>
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <unistd.h>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -19,13 +16,12 @@
 #include "core/error.h"
 #include "core/io/durable.h"
 #include "core/io/files.h"
+#include "core/io/process.h"
 #include "core/progress.h"
 #include "modalities/audio/audio_io.h"
 #include "modalities/image/scenes.h"
 #include "modalities/speech_units/speech_corpus.h"
 #include "modalities/text/corpus.h"
-
-extern char** environ;
 
 namespace tessera::speech {
 namespace fs = std::filesystem;
@@ -87,59 +83,31 @@ std::vector<std::string> split_sentences(const std::string& doc) {
   return out;
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // A running espeak-ng: text in a file, WAV out to a file, stderr kept for the error message. A job
-// left unfinished (an error elsewhere) is reaped on destruction, so no zombie outlives it.
+// left unfinished (an error elsewhere) is reaped on destruction (io::ChildProcess), so no zombie
+// outlives it.
 struct EspeakJob {
-  pid_t pid = -1;
   fs::path text, wav, err;
-
-  EspeakJob(fs::path t, fs::path w, fs::path e) : text(std::move(t)), wav(std::move(w)), err(std::move(e)) {}
-  EspeakJob(EspeakJob&& o) noexcept : pid(o.pid), text(std::move(o.text)), wav(std::move(o.wav)), err(std::move(o.err)) {
-    o.pid = -1;
-  }
-  EspeakJob(const EspeakJob&) = delete;
-  EspeakJob& operator=(const EspeakJob&) = delete;
-  EspeakJob& operator=(EspeakJob&&) = delete;
-  ~EspeakJob() {
-    int status = 0;
-    if (pid > 0) ::waitpid(pid, &status, 0);
-  }
+  io::ChildProcess process;
 };
 
 EspeakJob spawn_espeak(const std::string& text, const EspeakVoice& v, const fs::path& espeak, const fs::path& scratch,
                        const std::string& tag) {
-  EspeakJob job(scratch / (tag + ".txt"), scratch / (tag + ".wav"), scratch / (tag + ".err"));
-  std::ofstream(job.text, std::ios::binary) << text << "\n";
+  const fs::path text_file = scratch / (tag + ".txt"), wav = scratch / (tag + ".wav"), err = scratch / (tag + ".err");
+  std::ofstream(text_file, std::ios::binary) << text << "\n";
   const std::vector<std::string> args = {espeak.string(), "-b",  "1",  "-v", v.voice, "-s", std::to_string(v.rate),
-                                         "-p",            std::to_string(v.pitch), "-w", job.wav.string(), "-f",
-                                         job.text.string()};
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, job.err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const int rc = posix_spawn(&job.pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  check(rc == 0, "cannot start '", espeak.string(), "': ", io::detail::errno_text(rc), "; ", kInstallHint);
-  return job;
+                                         "-p",            std::to_string(v.pitch), "-w", wav.string(), "-f",
+                                         text_file.string()};
+  try {
+    return EspeakJob{text_file, wav, err, io::ChildProcess(args, {}, err)};
+  } catch (const Error& e) {
+    fail(e.what(), "; ", kInstallHint);
+  }
 }
 
 at::Tensor finish_espeak(EspeakJob& job, const EspeakVoice& v, const std::string& text, int64_t sample_rate) {
-  int status = 0;
-  while (waitpid(job.pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  job.pid = -1;
-  const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  std::string err = read_file(job.err);
-  while (!err.empty() && std::isspace(static_cast<unsigned char>(err.back()))) err.pop_back();
+  const bool ok = job.process.wait() == 0;
+  const std::string err = io::tail_of_file(job.err);
   check(ok && fs::exists(job.wav), "espeak-ng failed (voice '", v.voice, "', rate ", v.rate, ", pitch ", v.pitch,
         ") on \"", text.substr(0, 80), "\": ", err.empty() ? "no output" : err,
         " (list voices with `espeak-ng --voices=en`)");

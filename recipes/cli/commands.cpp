@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -1026,6 +1027,11 @@ int bench_command(const Args& args) {
       "precision", "auto, fp32 or bf16", cxxopts::value<std::string>()->default_value("auto"))(
       "device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"))(
       "tie-embeddings", "share embedding and output weights")(
+      "reference", "also run the PyTorch twin (eval/bench/reference/dense.py) in these modes on the same shape and "
+      "device, e.g. eager,compile (modes: eager, eager-fused, compile)", cxxopts::value<std::string>())(
+      "python", "Python with PyTorch for --reference (default: $PYTHON or python3)", cxxopts::value<std::string>())(
+      "reference-script", "the reference script (default: eval/bench/reference/dense.py of this source tree)",
+      cxxopts::value<std::string>())(
       "profile", "after timing, profile this many steps: GPU time per kernel (CPU: per operator)",
       cxxopts::value<int64_t>()->default_value("0"))(
       "stages", "after timing, split this many steps by the model's stages (BLT: patching, encoder, global, "
@@ -1055,6 +1061,17 @@ int bench_command(const Args& args) {
   b.precision = r["precision"].as<std::string>();
   b.device = r["device"].as<std::string>();
   b.tie_embeddings = r.count("tie-embeddings") > 0;
+  if (r.count("reference")) {
+    std::stringstream modes(r["reference"].as<std::string>());
+    for (std::string m; std::getline(modes, m, ',');)
+      if (!m.empty()) b.reference_modes.push_back(m);
+    if (r.count("model") || r.count("data"))
+      throw UsageError("--reference times the PyTorch twin of the default dense model; drop --model/--data");
+  }
+  const char* python_env = std::getenv("PYTHON");
+  b.python = r.count("python") ? r["python"].as<std::string>() : (python_env && *python_env ? python_env : "python3");
+  b.reference_script = r.count("reference-script") ? r["reference-script"].as<std::string>()
+                                                   : std::string(TESSERA_SOURCE_DIR) + "/eval/bench/reference/dense.py";
   b.profile_steps = r["profile"].as<int64_t>();
   if (r.count("trace")) b.trace = r["trace"].as<std::string>();
   b.stage_steps = r["stages"].as<int64_t>();

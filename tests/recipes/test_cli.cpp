@@ -327,6 +327,44 @@ TEST(Cli, BenchTrainRunsOnCpu) {
     EXPECT_TRUE(std::isfinite(curves[0][i]));
     EXPECT_DOUBLE_EQ(curves[0][i], curves[1][i]) << "step " << i;
   }
+  // --reference runs the PyTorch twin with the same shape and counts and reports its rows. Here a stand-in
+  // for Python records its arguments and prints a result (the real script needs PyTorch for Python,
+  // which the GPU machine has).
+  const fs::path fake = dir.path() / "fake-python.sh", args = dir.path() / "args.txt";
+  std::ofstream(fake) << "#!/bin/sh\necho \"$@\" >> " << args.string()
+                      << "\necho '{\"step_ms_median\": 12.5, \"tokens_per_s\": 2.5, \"tflops\": 0.001, "
+                         "\"peak_memory_gb\": 0.0}'\n";
+  fs::permissions(fake, fs::perms::owner_all);
+  const fs::path ref_json = dir.path() / "ref.json";
+  ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
+                 "--seq", "16", "--warmup", "1", "--steps", "2", "--device", "cpu", "--reference", "eager,compile",
+                 "--python", fake.string(), "--json", ref_json.string()},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("pytorch-compile"), std::string::npos) << out;
+  const nlohmann::json ref = nlohmann::json::parse(std::ifstream(ref_json)).at("reference");
+  ASSERT_EQ(ref.size(), 2u);
+  EXPECT_EQ(ref[0].at("impl"), "pytorch-eager");
+  EXPECT_EQ(ref[1].at("impl"), "pytorch-compile");
+  EXPECT_EQ(ref[1].at("step_ms_median").get<double>(), 12.5);
+  std::ifstream recorded(args);
+  std::string first, second;
+  std::getline(recorded, first);
+  std::getline(recorded, second);
+  EXPECT_NE(first.find("reference/dense.py --mode eager --dim 32 --n-layers 1 --n-heads 2"), std::string::npos) << first;
+  EXPECT_NE(second.find("--mode compile"), std::string::npos) << second;
+  EXPECT_NE(second.find("--vocab-size 64 --batch-size 2 --seq-len 16 --warmup 1 --steps 2"), std::string::npos) << second;
+  EXPECT_NE(second.find("--device cpu"), std::string::npos) << second;
+  // A reference that fails is an error that quotes it.
+  std::ofstream(fake) << "#!/bin/sh\necho 'ModuleNotFoundError: No module named torch' >&2\nexit 1\n";
+  EXPECT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
+                 "--seq", "16", "--warmup", "1", "--steps", "1", "--device", "cpu", "--reference", "eager", "--python",
+                 fake.string()},
+                &out, &err),
+            1);
+  EXPECT_NE(err.find("No module named torch"), std::string::npos) << err;
+  EXPECT_EQ(cli({"bench", "train", "--model", "{arch: dense, dim: 32}", "--reference", "eager"}, &out, &err), 2);
   // --profile adds a per-operator breakdown (per-kernel on CUDA) in which the matrix multiplies appear.
   ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
                  "--seq", "16", "--warmup", "1", "--steps", "1", "--device", "cpu", "--profile", "1"},
