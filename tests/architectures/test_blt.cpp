@@ -5,12 +5,15 @@
 #include <ATen/ATen.h>
 #include <torch/optim/adam.h>
 
+#include <cmath>
 #include <set>
 
 #include "architectures/blt.h"
 #include "architectures/dense.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/kernels/fused.h"
+#include "core/train/autocast.h"
 #include "core/train/weights.h"
 
 namespace tessera {
@@ -408,6 +411,46 @@ TEST(BLT, StrictConfigKeys) {
   BLTModel m(tiny("space"));
   const BLTConfig back = config::parse<BLTConfig>(m.config_yaml(), "model");
   EXPECT_EQ(config::dump_yaml(config::to_yaml(back)), config::dump_yaml(m.config_yaml()));
+}
+
+// bf16 autocast (on the CPU here: the same dtypes flow as on CUDA, where linear layers hand bf16 to the
+// blocks and the fused norms keep the residual stream in float32): a training step and cached decoding
+// run in every patching mode, with the global model's input projection (dim_global 48 ≠ k · 16).
+TEST(BLT, TrainsAndDecodesUnderBf16Autocast) {
+  const int64_t T = 22;
+  const at::Tensor x = texty(2, T, 21);
+  auto em = tiny_entropy_model();
+  std::vector<std::pair<std::string, BLTConfig>> cases = {
+      {"static", tiny("static")}, {"space", tiny("space")}, {"entropy", entropy_config(*em, x)}};
+  for (auto& [name, config] : cases) {
+    SCOPED_TRACE(name);
+    config.dim_global = 48;
+    at::manual_seed(7);
+    BLTModel m(config);
+    if (name == "entropy") m.set_entropy_model(em);
+    at::Tensor loss;
+    {
+      const AutocastGuard autocast(at::kCPU, true);
+      const at::Tensor logits = m.forward(batch_of(x.narrow(1, 0, T - 1))).logits;
+      loss = kernels::cross_entropy_nll(logits.reshape({-1, logits.size(-1)}), x.narrow(1, 1, T - 1).reshape({-1}))
+                 .mean();
+    }
+    loss.backward();
+    EXPECT_TRUE(std::isfinite(loss.item<double>()));
+    int64_t with_grad = 0;
+    for (const auto& p : m.parameters()) {
+      if (p.grad().defined()) {
+        ++with_grad;
+        EXPECT_TRUE(p.grad().isfinite().all().item<bool>());
+      }
+    }
+    EXPECT_GT(with_grad, 10);
+    m.eval();
+    at::NoGradGuard no_grad;
+    const AutocastGuard autocast(at::kCPU, true);
+    auto state = m.start_decoding(2, T);
+    for (int64_t t = 0; t < 6; ++t) EXPECT_TRUE(m.step(x.narrow(1, t, 1), *state).isfinite().all().item<bool>());
+  }
 }
 
 }  // namespace

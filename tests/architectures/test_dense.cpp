@@ -135,9 +135,9 @@ TEST(Dense, TrainsOnARepeatingPattern) {
 }
 
 // The fused kernels (core/kernels) change nothing but speed: the same weights give the same loss and
-// gradients with fused_kernels on and off. On the CPU both take the ATen path (identical); on CUDA under
-// bf16 autocast the kernels round once where the ATen path rounds at several places, so the two agree
-// to bf16 precision.
+// gradients with fused_kernels on and off, under bf16 autocast. On the CPU both take the ATen path
+// (identical; it checks the dtypes flow); on CUDA the kernels round once where the ATen path rounds at
+// several places, so the two agree to bf16 precision.
 TEST(Dense, FusedKernelsGiveTheSameLossAndGradients) {
   std::vector<at::Device> devices{at::kCPU};
   if (torch::cuda::is_available()) devices.emplace_back(at::kCUDA, 0);
@@ -160,7 +160,7 @@ TEST(Dense, FusedKernelsGiveTheSameLossAndGradients) {
     const at::Tensor x = at::randint(50, {3, 24}, at::kLong).to(device);
     const at::Tensor y = at::randint(50, {3, 24}, at::kLong).to(device);
     auto loss_of = [&](DenseModel& m) {
-      const AutocastGuard autocast(device.type(), device.is_cuda());
+      const AutocastGuard autocast(device.type(), true);  // bf16 on the CPU too: the dtypes flow as on CUDA
       const at::Tensor logits = m.forward(batch_of(x)).logits;
       return kernels::cross_entropy_nll(logits.reshape({-1, logits.size(-1)}), y.reshape({-1})).mean();
     };

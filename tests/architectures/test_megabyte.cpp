@@ -3,11 +3,15 @@
 #include "arch_test_util.h"
 
 #include <ATen/ATen.h>
+
+#include <cmath>
 #include <torch/optim/adam.h>
 
 #include "architectures/megabyte.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/kernels/fused.h"
+#include "core/train/autocast.h"
 #include "core/train/weights.h"
 
 namespace tessera {
@@ -271,6 +275,35 @@ TEST(Megabyte, StrictConfigKeys) {
   EXPECT_EQ(config::dump_yaml(config::to_yaml(back)), config::dump_yaml(m.config_yaml()));
   EXPECT_EQ(back.vocab_size, kVocab);
   EXPECT_FALSE(back.tie_embeddings);
+}
+
+// bf16 autocast (on the CPU: the dtypes flow as on CUDA): a training step and cached decoding run, both
+// with learned positions and with RoPE.
+TEST(Megabyte, TrainsAndDecodesUnderBf16Autocast) {
+  for (const char* pos : {"learned", "rope"}) {
+    SCOPED_TRACE(pos);
+    at::manual_seed(8);
+    MegabyteModel m(tiny(4, pos, false));
+    const at::Tensor x = at::randint(kVocab, {2, 19}, at::kLong);
+    at::Tensor loss;
+    {
+      const AutocastGuard autocast(at::kCPU, true);
+      const at::Tensor logits = m.forward(batch_of(x.narrow(1, 0, 18))).logits;
+      loss = kernels::cross_entropy_nll(logits.reshape({-1, logits.size(-1)}), x.narrow(1, 1, 18).reshape({-1})).mean();
+    }
+    loss.backward();
+    EXPECT_TRUE(std::isfinite(loss.item<double>()));
+    for (const auto& p : m.named_parameters()) {
+      if (p.value().grad().defined()) {
+        EXPECT_TRUE(p.value().grad().isfinite().all().item<bool>()) << p.key();
+      }
+    }
+    m.eval();
+    at::NoGradGuard no_grad;
+    const AutocastGuard autocast(at::kCPU, true);
+    auto state = m.start_decoding(2, 19);
+    for (int64_t t = 0; t < 9; ++t) EXPECT_TRUE(m.step(x.narrow(1, t, 1), *state).isfinite().all().item<bool>());
+  }
 }
 
 }  // namespace
