@@ -88,6 +88,11 @@ BLTConfig entropy_config(LanguageModel& em, const at::Tensor& x) {
   return c;
 }
 
+// One tiny config per patching mode: static, space, and entropy with θ from entropy_config.
+std::vector<std::pair<std::string, BLTConfig>> every_patch_mode(LanguageModel& em, const at::Tensor& x) {
+  return {{"static", tiny("static")}, {"space", tiny("space")}, {"entropy", entropy_config(em, x)}};
+}
+
 void copy_parameters(torch::nn::Module& from, torch::nn::Module& to) {
   at::NoGradGuard g;
   auto dst = to.named_parameters();
@@ -227,8 +232,7 @@ TEST(BLT, CachedGenerationEqualsFullForward) {
   const int64_t T = 22;
   const at::Tensor x = texty(2, T, 13);
   auto em = tiny_entropy_model();
-  std::vector<std::pair<std::string, BLTConfig>> cases = {
-      {"static", tiny("static")}, {"space", tiny("space")}, {"entropy", entropy_config(*em, x)}};
+  auto cases = every_patch_mode(*em, x);
   cases[0].second.patcher.max_patch_length = 0;
   cases[1].second.n_layers_local_encoder = 2;
   cases[1].second.cross_attn_all_layers_encoder = true;
@@ -420,8 +424,7 @@ TEST(BLT, TrainsAndDecodesUnderBf16Autocast) {
   const int64_t T = 22;
   const at::Tensor x = texty(2, T, 21);
   auto em = tiny_entropy_model();
-  std::vector<std::pair<std::string, BLTConfig>> cases = {
-      {"static", tiny("static")}, {"space", tiny("space")}, {"entropy", entropy_config(*em, x)}};
+  auto cases = every_patch_mode(*em, x);
   for (auto& [name, config] : cases) {
     SCOPED_TRACE(name);
     config.dim_global = 48;
