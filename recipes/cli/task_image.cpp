@@ -108,7 +108,7 @@ int run_autoencoder_task(const TaskContext& context, const std::string& task, co
   run.require_checkpoint = context.resume;
   run.recon_images = recipe.recon_images;
   fs::create_directories(run_dir);
-  std::ofstream(run_dir / "config.yaml") << config::dump_yaml(config::to_yaml(recipe)) << "\n";
+  write_task_config(run_dir, config::to_yaml(recipe));
   const image::AutoencoderResult result = image::train_autoencoder(*trainable, data, run);
   if (result.interrupted) return 0;
   print_eval_summary(task, result.eval);
@@ -227,8 +227,7 @@ int encode_image_command(const Args& args) {
     for (size_t i = 0; i < span.ids.size(); ++i) text << (i ? " " : "") << span.ids[i];
     text << "\n";
   }
-  if (out.has_parent_path()) fs::create_directories(out.parent_path());
-  std::ofstream(out) << text.str();
+  write_text_atomic(out, text.str());
   std::printf("encoded %zu image%s (%zu tokens each) -> %s\n", images.size(), images.size() == 1 ? "" : "s",
               static_cast<size_t>(adapter.tokenizer().model->tokens_per_image()), out.string().c_str());
   return 0;

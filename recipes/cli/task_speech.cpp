@@ -55,6 +55,8 @@ struct SpeechDataConfig {
     v.optional("val_manifest", val_manifest, "held-out manifest (\"\": none)");
     v.optional("max_utterances", max_utterances, "use at most this many training utterances (0: all)");
   }
+  // Both manifests made absolute (resolve_path below), so the recorded config names the files used.
+  void resolve(const fs::path& recipe_dir);
 };
 
 struct SpeechUnitsRecipe {
@@ -110,7 +112,6 @@ struct Loaded {
   T config;
   fs::path run_dir;
   fs::path recipe_dir;
-  nlohmann::json resolved;
 };
 
 template <class T>
@@ -136,10 +137,12 @@ fs::path resolve_path(const std::string& p, const fs::path& recipe_dir) {
   return fs::absolute(path).lexically_normal();
 }
 
-void write_json(const fs::path& path, const nlohmann::json& j) {
-  const std::string text = j.dump(2) + "\n";
-  write_bytes_atomic(path, text.data(), text.size());
+void SpeechDataConfig::resolve(const fs::path& recipe_dir) {
+  manifest = resolve_path(manifest, recipe_dir).string();
+  if (!val_manifest.empty()) val_manifest = resolve_path(val_manifest, recipe_dir).string();
 }
+
+void write_json(const fs::path& path, const nlohmann::json& j) { write_text_atomic(path, j.dump(2) + "\n"); }
 
 nlohmann::json read_json(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -160,11 +163,6 @@ bool already_done(const fs::path& marker, const nlohmann::json& config, bool for
         "' holds outputs of another configuration; rerun with --force to replace them, or choose another --run-dir");
   std::printf("%s: up to date in %s (use --force to redo)\n", task, marker.parent_path().string().c_str());
   return true;
-}
-
-void write_config(const fs::path& run_dir, const YAML::Node& resolved) {
-  const std::string text = config::dump_yaml(resolved) + "\n";
-  write_bytes_atomic(run_dir / "config.yaml", text.data(), text.size());
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -226,7 +224,7 @@ int speech_corpus_task(const TaskContext& ctx) {
   if (already_done(marker, config, ctx.force, "speech_corpus")) return 0;
   for (const char* old : {"corpus.json", "train.tsv", "val.tsv", "train", "val"}) remove_tree(t.run_dir / old);
   fs::create_directories(t.run_dir);
-  write_config(t.run_dir, config::to_yaml(t.config));
+  write_task_config(t.run_dir, config::to_yaml(t.config));
   std::printf("speech_corpus: synthesising %lld + %lld utterances with espeak-ng into %s\n",
               static_cast<long long>(t.config.corpus.train_utterances),
               static_cast<long long>(t.config.corpus.val_utterances), t.run_dir.string().c_str());
@@ -251,13 +249,12 @@ int speech_units_task(const TaskContext& ctx) {
   SpeechUnitsRecipe& c = t.config;
   validate(c.features);
   validate(c.kmeans);
-  c.data.manifest = resolve_path(c.data.manifest, t.recipe_dir).string();
-  if (!c.data.val_manifest.empty()) c.data.val_manifest = resolve_path(c.data.val_manifest, t.recipe_dir).string();
+  c.data.resolve(t.recipe_dir);
   const nlohmann::json config = config::to_json(c);
   const fs::path marker = t.run_dir / "stats.json";
   if (already_done(marker, config, ctx.force, "speech_units")) return 0;
   fs::create_directories(t.run_dir);
-  write_config(t.run_dir, config::to_yaml(c));
+  write_task_config(t.run_dir, config::to_yaml(c));
 
   const auto train_entries = read_manifest_limited(c.data.manifest, t.recipe_dir, c.data.max_utterances);
   std::vector<SpeechTextEntry> val_entries;
@@ -331,9 +328,8 @@ int vocoder_task(const TaskContext& ctx) {
   check(c.eval_utterances >= 1, "eval_utterances must be >= 1");
   check(c.examples >= 0, "examples must be >= 0");
   c.units = resolve_path(c.units, t.recipe_dir).string();
-  c.data.manifest = resolve_path(c.data.manifest, t.recipe_dir).string();
   check(!c.data.val_manifest.empty(), "vocoder: data.val_manifest is needed (the MCD is measured on held-out audio)");
-  c.data.val_manifest = resolve_path(c.data.val_manifest, t.recipe_dir).string();
+  c.data.resolve(t.recipe_dir);
   // The units run is part of the config: another k-means must not pass for this vocoder.
   const SpeechUnitsAdapter units_adapter(c.units);
   const SpeechUnitModel& units = units_adapter.unit_model();
@@ -342,7 +338,7 @@ int vocoder_task(const TaskContext& ctx) {
   const fs::path marker = t.run_dir / "eval.json";
   if (already_done(marker, config, ctx.force, "vocoder")) return 0;
   fs::create_directories(t.run_dir);
-  write_config(t.run_dir, config::to_yaml(c));
+  write_task_config(t.run_dir, config::to_yaml(c));
   const c10::Device device = select_device(c.device);
   seed_everything(static_cast<uint64_t>(c.seed));
   const FeatureConfig& fc = units.config().stft;

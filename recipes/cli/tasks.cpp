@@ -2,6 +2,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/io/files.h"
 #include "recipes/cli/task_image.h"
 #include "recipes/cli/task_speech.h"
 
@@ -25,6 +26,10 @@ std::string recipe_task(const std::string& file) {
   check(root["task"].IsScalar(), config::location(root["task"], file), ": `task` must be a name (lm or one of ",
         "the artifact tasks), not a ", root["task"].IsMap() ? "map" : "list");
   return root["task"].as<std::string>();
+}
+
+void write_task_config(const std::filesystem::path& run_dir, const YAML::Node& resolved) {
+  write_text_atomic(run_dir / "config.yaml", config::dump_yaml(resolved) + "\n");
 }
 
 const TaskRecipe& find_task(const std::string& task, const std::string& file) {

@@ -50,4 +50,7 @@ T load_task_config(const TaskContext& ctx) {
   return c;
 }
 
+// Writes a task's resolved config as run_dir/config.yaml (atomically), as LM runs do.
+void write_task_config(const std::filesystem::path& run_dir, const YAML::Node& resolved);
+
 }  // namespace tessera::cli
