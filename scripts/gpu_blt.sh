@@ -67,8 +67,7 @@ if [ "$PART" = recipe ] || [ "$PART" = sweep ]; then
 fi
 
 if [ "$PART" = sweep ]; then
-  # One learning rate for every arm: drop the arms' own (the recipe ships each arm's best).
-  sed -i '/^      train: {lr: /d' "$OUT/blt_vs_bpe_gpu.yaml"
+  # train.lr on the command line also beats the arms' own learning rates (recipes/cli/recipe.cpp).
   for lr in ${LRS:-6e-4 3e-3}; do
     "$TESSERA" run "$OUT/blt_vs_bpe_gpu.yaml" --run-dir "runs/blt_vs_bpe_gpu_lr$lr" "train.lr=$lr" \
       > "$OUT/recipe-lr$lr.log" 2>&1 || tail -40 "$OUT/recipe-lr$lr.log"

@@ -120,9 +120,7 @@ std::vector<std::string> recipe_overrides(const cxxopts::ParseResult& r) {
 }
 
 LoadedRecipe recipe_from(const cxxopts::ParseResult& r, const cxxopts::Options& o) {
-  LoadedRecipe recipe = load_recipe(positional(r, "recipe", o), recipe_overrides(r));
-  if (r.count("run-dir")) recipe.run_dir = r["run-dir"].as<std::string>();
-  return recipe;
+  return load_recipe(positional(r, "recipe", o), recipe_overrides(r));
 }
 
 // A recipe with a non-LM `task:` goes to that task's function (tasks.h); returns nullopt for LM recipes.
