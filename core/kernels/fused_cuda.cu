@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 namespace tessera::kernels::cuda {
@@ -26,6 +27,15 @@ template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 constexpr int kThreads = 256;
+
+// 16 bytes of one dtype, for vectorised loads and stores (8 bf16/fp16 or 4 floats per access).
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Sum over the block (every thread gets the result). Uses 32 floats of shared memory.
 __device__ float block_sum(float v) {
@@ -150,6 +160,42 @@ __global__ void silu_mul_bwd_kernel(const T* __restrict__ gate, const T* __restr
   }
 }
 
+template <typename T>
+__global__ void silu_mul_fwd_pack_kernel(const Pack<T>* __restrict__ gate, const Pack<T>* __restrict__ up,
+                                         Pack<T>* __restrict__ out, int64_t packs) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Pack<T> g = gate[i], u = up[i];
+    Pack<T> o;
+#pragma unroll
+    for (int k = 0; k < Pack<T>::kSize; ++k) {
+      const float gv = to_float(g.v[k]);
+      o.v[k] = from_float<T>(gv * sigmoid(gv) * to_float(u.v[k]));
+    }
+    out[i] = o;
+  }
+}
+
+template <typename T>
+__global__ void silu_mul_bwd_pack_kernel(const Pack<T>* __restrict__ gate, const Pack<T>* __restrict__ up,
+                                         const Pack<T>* __restrict__ grad, Pack<T>* __restrict__ grad_gate,
+                                         Pack<T>* __restrict__ grad_up, int64_t packs) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Pack<T> g = gate[i], u = up[i], go = grad[i];
+    Pack<T> dg, du;
+#pragma unroll
+    for (int k = 0; k < Pack<T>::kSize; ++k) {
+      const float gv = to_float(g.v[k]), uv = to_float(u.v[k]), gov = to_float(go.v[k]);
+      const float sg = sigmoid(gv);
+      dg.v[k] = from_float<T>(gov * uv * sg * (1.f + gv * (1.f - sg)));
+      du.v[k] = from_float<T>(gov * gv * sg);
+    }
+    grad_gate[i] = dg;
+    grad_up[i] = du;
+  }
+}
+
 int elementwise_blocks(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   return static_cast<int>(blocks < 132 * 32 ? (blocks > 0 ? blocks : 1) : 132 * 32);
@@ -157,28 +203,28 @@ int elementwise_blocks(int64_t n) {
 
 // ---- rotary embedding ------------------------------------------------------------------------------
 
+// One block per token (b, t): its H heads × D/2 pairs, with 32-bit index math inside the token (64-bit
+// division per element was this kernel's cost).
 template <typename T>
 __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ cos_table,
                             const float* __restrict__ sin_table, const int64_t* __restrict__ positions,
                             RopeShape s) {
-  const int64_t half = s.D / 2;
-  const int64_t pairs = s.B * s.T * s.H * half;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < pairs;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    // Index order b, t, h, pair: consecutive threads walk one token's heads, which sit side by side in
-    // the projection's [B, T, H, D] output.
-    const int64_t p = i % half;
-    const int64_t h = (i / half) % s.H;
-    const int64_t t = (i / (half * s.H)) % s.T;
-    const int64_t b = i / (half * s.H * s.T);
-    const int64_t pos = positions[s.positions_batched ? b * s.T + t : t];
-    const float c = cos_table[pos * half + p];
-    const float sn = s.inverse ? -sin_table[pos * half + p] : sin_table[pos * half + p];
-    const int64_t base = b * s.x_stride_b + h * s.x_stride_h + t * s.x_stride_t;
+  const int64_t token = blockIdx.x;
+  const int64_t b = token / s.T, t = token - b * s.T;
+  const int half = static_cast<int>(s.D / 2), pairs = static_cast<int>(s.H) * half;
+  const int64_t pos = positions[s.positions_batched ? token : t];
+  const float* cos_row = cos_table + pos * half;
+  const float* sin_row = sin_table + pos * half;
+  const T* xt = x + b * s.x_stride_b + t * s.x_stride_t;
+  T* ot = out + b * s.x_stride_b + t * s.x_stride_t;
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const int h = i / half, p = i - h * half;
+    const float c = cos_row[p], sn = s.inverse ? -sin_row[p] : sin_row[p];
+    const int64_t base = h * s.x_stride_h;
     const int64_t ia = base + (s.interleaved ? 2 * p : p), ib = base + (s.interleaved ? 2 * p + 1 : p + half);
-    const float a = to_float(x[ia]), bv = to_float(x[ib]);
-    out[ia] = from_float<T>(a * c - bv * sn);
-    out[ib] = from_float<T>(a * sn + bv * c);
+    const float a = to_float(xt[ia]), bv = to_float(xt[ib]);
+    ot[ia] = from_float<T>(a * c - bv * sn);
+    ot[ib] = from_float<T>(a * sn + bv * c);
   }
 }
 
@@ -186,16 +232,31 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out, const 
 
 constexpr int kCeThreads = 512;
 
-template <typename T>
+// Rows are read in 16-byte packs when kPacked (vocab a multiple of the pack and the rows aligned).
+template <typename T, bool kPacked, typename F>
+__device__ __forceinline__ void for_row(const T* __restrict__ row, int64_t vocab, F&& f) {
+  if (kPacked) {
+    const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(row);
+    for (int64_t i = threadIdx.x; i < vocab / Pack<T>::kSize; i += blockDim.x) {
+      const Pack<T> p = packs[i];
+#pragma unroll
+      for (int k = 0; k < Pack<T>::kSize; ++k) f(i * Pack<T>::kSize + k, to_float(p.v[k]));
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) f(j, to_float(row[j]));
+  }
+}
+
+template <typename T, bool kPacked>
 __global__ void cross_entropy_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
                                          float* __restrict__ nll, float* __restrict__ lse, int64_t vocab) {
   const int64_t row = blockIdx.x;
   const T* l = logits + row * vocab;
   float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) m = fmaxf(m, to_float(l[j]));
+  for_row<T, kPacked>(l, vocab, [&](int64_t, float v) { m = fmaxf(m, v); });
   m = block_max(m);
   float total = 0.f;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) total += __expf(to_float(l[j]) - m);
+  for_row<T, kPacked>(l, vocab, [&](int64_t, float v) { total += __expf(v - m); });
   total = block_sum(total);
   if (threadIdx.x == 0) {
     const float row_lse = m + logf(total);
@@ -207,7 +268,7 @@ __global__ void cross_entropy_fwd_kernel(const T* __restrict__ logits, const int
   }
 }
 
-template <typename T>
+template <typename T, bool kPacked>
 __global__ void cross_entropy_bwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
                                          const float* __restrict__ lse, const float* __restrict__ grad_nll,
                                          T* __restrict__ grad_logits, int64_t vocab) {
@@ -217,9 +278,24 @@ __global__ void cross_entropy_bwd_kernel(const T* __restrict__ logits, const int
   const float row_lse = lse[row];
   const T* l = logits + row * vocab;
   T* out = grad_logits + row * vocab;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float p = __expf(to_float(l[j]) - row_lse);
-    out[j] = from_float<T>(g * (p - (j == t ? 1.f : 0.f)));
+  if (kPacked) {
+    const Pack<T>* in = reinterpret_cast<const Pack<T>*>(l);
+    Pack<T>* o = reinterpret_cast<Pack<T>*>(out);
+    for (int64_t i = threadIdx.x; i < vocab / Pack<T>::kSize; i += blockDim.x) {
+      const Pack<T> p = in[i];
+      Pack<T> r;
+#pragma unroll
+      for (int k = 0; k < Pack<T>::kSize; ++k) {
+        const int64_t j = i * Pack<T>::kSize + k;
+        r.v[k] = from_float<T>(g * (__expf(to_float(p.v[k]) - row_lse) - (j == t ? 1.f : 0.f)));
+      }
+      o[i] = r;
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+      const float p = __expf(to_float(l[j]) - row_lse);
+      out[j] = from_float<T>(g * (p - (j == t ? 1.f : 0.f)));
+    }
   }
 }
 
@@ -271,6 +347,12 @@ int silu_mul_forward(const void* gate, const void* up, void* out, DType dtype, i
   if (n == 0) return 0;
   return dispatch(dtype, [&](auto* tt) {
     using T = std::remove_pointer_t<decltype(tt)>;
+    constexpr int V = Pack<T>::kSize;
+    if (n % V == 0 && aligned16(gate) && aligned16(up) && aligned16(out)) {
+      silu_mul_fwd_pack_kernel<T><<<elementwise_blocks(n / V), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+          static_cast<const Pack<T>*>(gate), static_cast<const Pack<T>*>(up), static_cast<Pack<T>*>(out), n / V);
+      return finish();
+    }
     silu_mul_fwd_kernel<T><<<elementwise_blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<T*>(out), n);
     return finish();
@@ -282,6 +364,14 @@ int silu_mul_backward(const void* gate, const void* up, const void* grad, void* 
   if (n == 0) return 0;
   return dispatch(dtype, [&](auto* tt) {
     using T = std::remove_pointer_t<decltype(tt)>;
+    constexpr int V = Pack<T>::kSize;
+    if (n % V == 0 && aligned16(gate) && aligned16(up) && aligned16(grad) && aligned16(grad_gate) &&
+        aligned16(grad_up)) {
+      silu_mul_bwd_pack_kernel<T><<<elementwise_blocks(n / V), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+          static_cast<const Pack<T>*>(gate), static_cast<const Pack<T>*>(up), static_cast<const Pack<T>*>(grad),
+          static_cast<Pack<T>*>(grad_gate), static_cast<Pack<T>*>(grad_up), n / V);
+      return finish();
+    }
     silu_mul_bwd_kernel<T><<<elementwise_blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<const T*>(grad), static_cast<T*>(grad_gate),
         static_cast<T*>(grad_up), n);
@@ -295,7 +385,7 @@ int rope_forward(const void* x, void* out, DType dtype, const float* cos_table, 
   if (pairs == 0) return 0;
   return dispatch(dtype, [&](auto* tt) {
     using T = std::remove_pointer_t<decltype(tt)>;
-    rope_kernel<T><<<elementwise_blocks(pairs), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    rope_kernel<T><<<static_cast<unsigned>(shape.B * shape.T), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<T*>(out), cos_table, sin_table, positions, shape);
     return finish();
   });
@@ -306,7 +396,9 @@ int cross_entropy_forward(const void* logits, DType dtype, const int64_t* target
   if (rows == 0) return 0;
   return dispatch(dtype, [&](auto* tt) {
     using T = std::remove_pointer_t<decltype(tt)>;
-    cross_entropy_fwd_kernel<T><<<static_cast<unsigned>(rows), kCeThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    const bool packed = vocab % Pack<T>::kSize == 0 && aligned16(logits);
+    auto kernel = packed ? cross_entropy_fwd_kernel<T, true> : cross_entropy_fwd_kernel<T, false>;
+    kernel<<<static_cast<unsigned>(rows), kCeThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(logits), targets, nll, lse, vocab);
     return finish();
   });
@@ -317,7 +409,9 @@ int cross_entropy_backward(const void* logits, DType dtype, const int64_t* targe
   if (rows == 0) return 0;
   return dispatch(dtype, [&](auto* tt) {
     using T = std::remove_pointer_t<decltype(tt)>;
-    cross_entropy_bwd_kernel<T><<<static_cast<unsigned>(rows), kCeThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    const bool packed = vocab % Pack<T>::kSize == 0 && aligned16(logits) && aligned16(grad_logits);
+    auto kernel = packed ? cross_entropy_bwd_kernel<T, true> : cross_entropy_bwd_kernel<T, false>;
+    kernel<<<static_cast<unsigned>(rows), kCeThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(logits), targets, lse, grad_nll, static_cast<T*>(grad_logits), vocab);
     return finish();
   });

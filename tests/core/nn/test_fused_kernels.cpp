@@ -83,20 +83,29 @@ TEST(FusedKernels, AddRmsNormMatchesFloat64ValuesAndGradients) {
 }
 
 TEST(FusedKernels, SiluMulMatchesFloat64ValuesAndGradients) {
+  // Sizes with and without whole 16-byte packs; `offset` makes a contiguous but misaligned view (the
+  // kernels' scalar path).
   for (const Case& c : cases()) {
-    SCOPED_TRACE(name(c));
-    const at::Tensor g64 = at::randn({5, 33, 171}, at::kDouble) * 3.0, u64 = at::randn({5, 33, 171}, at::kDouble);
-    const at::Tensor g = g64.to(c.device, c.dtype).requires_grad_(), u = u64.to(c.device, c.dtype).requires_grad_();
-    const at::Tensor out = silu_mul(g, u);
-    EXPECT_EQ(out.scalar_type(), c.dtype);
-    const at::Tensor go = at::randn_like(g64);
-    (out.to(at::kFloat) * go.to(c.device, at::kFloat)).sum().backward();
-    const at::Tensor gr = f64(g.cpu()).requires_grad_(), ur = f64(u.cpu()).requires_grad_();
-    const at::Tensor ref = gr / (1.0 + (-gr).exp()) * ur;
-    (ref * go).sum().backward();
-    EXPECT_LT(rel_err(out, ref), c.tol);
-    EXPECT_LT(rel_err(g.grad(), gr.grad()), c.tol);
-    EXPECT_LT(rel_err(u.grad(), ur.grad()), c.tol);
+    for (const auto& [shape, offset] : std::vector<std::pair<std::vector<int64_t>, int64_t>>{
+             {{5, 33, 171}, 0}, {{7, 256}, 0}, {{7, 256}, 1}}) {
+      SCOPED_TRACE(name(c) + " " + std::to_string(shape.back()) + " offset " + std::to_string(offset));
+      const int64_t n = at::empty(shape).numel();
+      auto view = [&](const at::Tensor& t64) {
+        return t64.to(c.device, c.dtype).flatten().narrow(0, offset, n - offset).detach().requires_grad_();
+      };
+      const at::Tensor g64 = at::randn(shape, at::kDouble).flatten() * 3.0, u64 = at::randn(shape, at::kDouble).flatten();
+      const at::Tensor g = view(g64), u = view(u64);
+      const at::Tensor out = silu_mul(g, u);
+      EXPECT_EQ(out.scalar_type(), c.dtype);
+      const at::Tensor go = at::randn({n - offset}, at::kDouble);
+      (out.to(at::kFloat) * go.to(c.device, at::kFloat)).sum().backward();
+      const at::Tensor gr = f64(g.cpu()).requires_grad_(), ur = f64(u.cpu()).requires_grad_();
+      const at::Tensor ref = gr / (1.0 + (-gr).exp()) * ur;
+      (ref * go).sum().backward();
+      EXPECT_LT(rel_err(out, ref), c.tol);
+      EXPECT_LT(rel_err(g.grad(), gr.grad()), c.tol);
+      EXPECT_LT(rel_err(u.grad(), ur.grad()), c.tol);
+    }
   }
 }
 
@@ -135,7 +144,7 @@ TEST(FusedKernels, RopeMatchesFloat64RotationAndItsTranspose) {
 
 TEST(FusedKernels, CrossEntropyMatchesFloat64AndIgnoresMinus100) {
   for (const Case& c : cases()) {
-    for (const int64_t vocab : {50, 3001}) {
+    for (const int64_t vocab : {50, 3001, 4096}) {  // 4096: whole 16-byte packs per row
       SCOPED_TRACE(name(c) + " vocab " + std::to_string(vocab));
       const int64_t N = 45;
       const at::Tensor l64 = at::randn({N, vocab}, at::kDouble) * 4.0;
