@@ -7,7 +7,8 @@
 #   4. writes every JSON result and a markdown table to $OUT (default runs/gpu_bench).
 # SECOND_SHAPE=1 adds dim 2048 / 24 layers / seq 4096 / batch 2. STEPS / WARMUP override the counts.
 # MODES: the PyTorch reference modes (default "eager eager-fused compile"). UNFUSED=1 adds Tessera with
-# fused_kernels: false (the ATen path) for what core/kernels gain; PROFILE=1 adds a per-kernel profile
+# fused_kernels: false (the ATen path) for what core/kernels gain; GRAPH=1 adds Tessera with the whole
+# step captured as one CUDA graph (--cuda-graph); PROFILE=1 adds a per-kernel profile
 # of Tessera's step for each shape (profile-<shape>.txt); NUMERICS=1 compares 200-step loss curves
 # (fused kernels against the ATen path, numerics.md).
 set -euo pipefail
@@ -48,6 +49,11 @@ run_shape() {  # name dim layers heads vocab batch seq
     "$TESSERA" bench train --model "{arch: dense, dim: $dim, n_layers: $layers, n_heads: $heads, fused_kernels: false}" \
       --vocab "$vocab" --batch "$batch" --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda \
       --json "$OUT/$name-tessera-unfused.json"
+  fi
+  if [ "${GRAPH:-0}" = 1 ]; then
+    "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
+      --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda --cuda-graph --json "$OUT/$name-tessera-graph.json" \
+      || echo "[gpu_bench] CUDA graph run failed"
   fi
   if [ "${PROFILE:-0}" = 1 ]; then
     "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
@@ -97,7 +103,8 @@ print("| shape | implementation | step ms (median) | min–max | tokens/s | TFLO
 print("|---|---|---|---|---|---|---|---|---|")
 for shape in sorted({os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(out, "*-tessera.json"))}):
     rows = [(impl, json.load(open(os.path.join(out, f"{shape}-{impl}.json"))))
-            for impl in ("tessera", "tessera-unfused", "pytorch-eager", "pytorch-eager-fused", "pytorch-compile")
+            for impl in ("tessera", "tessera-graph", "tessera-unfused", "pytorch-eager", "pytorch-eager-fused",
+                         "pytorch-compile")
             if os.path.exists(os.path.join(out, f"{shape}-{impl}.json"))]
     base = rows[0][1]["step_ms_median"]
     shape_json = rows[0][1]  # the default-model row: its dims are the shape's (a --model row reports defaults)

@@ -8,6 +8,7 @@
 #include "core/error.h"
 
 #ifdef TESSERA_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -235,6 +236,14 @@ bool kernel_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kB
 #endif
 
 }  // namespace
+
+bool cuda_graph_capturing() {
+#ifdef TESSERA_WITH_CUDA
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+#else
+  return false;
+#endif
+}
 
 bool cuda_kernels_built() {
 #ifdef TESSERA_WITH_CUDA

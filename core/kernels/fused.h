@@ -11,6 +11,10 @@ namespace tessera::kernels {
 // Whether this build has the CUDA kernels (LibTorch with CUDA and TESSERA_WITH_CUDA).
 bool cuda_kernels_built();
 
+// Whether the current CUDA stream is capturing a CUDA graph (false in CPU builds): host
+// synchronisations (value checks that read a tensor on the host) must be skipped then.
+bool cuda_graph_capturing();
+
 struct AddRmsNorm {
   at::Tensor sum;     // residual + x in float32 (the new residual stream); x itself when residual is undefined and x is float32
   at::Tensor normed;  // RMSNorm(sum) · scale in out_dtype

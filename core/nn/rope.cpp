@@ -61,7 +61,9 @@ torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Te
         "RoPE: positions must be [T] or [B, T] with B=", B, ", T=", T, "; got ", positions.sizes());
   check(cos_table.device() == x.device(), "RoPE: tables are on ", cos_table.device(), " but x is on ",
         x.device(), "; move the module with .to(device)");
-  check_positions(positions);
+  // A captured CUDA graph replays the positions its warm-up steps checked; reading them on the host
+  // would break the capture.
+  if (!kernels::cuda_graph_capturing()) check_positions(positions);
 
   return kernels::rope(x, cos_table, sin_table, positions, layout_ == RopeLayout::Interleaved, fused);
 }

@@ -24,6 +24,12 @@
 #include "eval/bench/kernel_profile.h"
 #include "objectives/lm.h"
 
+#ifdef TESSERA_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace tessera {
 
 nlohmann::json run_pytorch_reference(const TrainBenchOptions& o, const c10::Device& device) {
@@ -70,6 +76,28 @@ nlohmann::json run_pytorch_reference(const TrainBenchOptions& o, const c10::Devi
   return rows;
 }
 
+namespace {
+
+// Copies src's fields into dst's (same shapes): the static inputs a captured step reads.
+void copy_batch_into(Batch& dst, const Batch& src) {
+  auto copy = [](at::Tensor& d, const at::Tensor& s, const char* field) {
+    check(d.defined() == s.defined() && (!d.defined() || d.sizes() == s.sizes()), "bench --cuda-graph: batch field ",
+          field, " changed shape or presence between steps; a captured step needs static shapes");
+    if (d.defined()) d.copy_(s, /*non_blocking=*/true);
+  };
+  copy(dst.tokens, src.tokens, "tokens");
+  copy(dst.targets, src.targets, "targets");
+  copy(dst.loss_mask, src.loss_mask, "loss_mask");
+  copy(dst.modality, src.modality, "modality");
+  copy(dst.doc_ids, src.doc_ids, "doc_ids");
+  copy(dst.positions, src.positions, "positions");
+  copy(dst.patch_lengths, src.patch_lengths, "patch_lengths");
+  copy(dst.entropies, src.entropies, "entropies");
+}
+
+}  // namespace
+
+
 TrainBenchResult bench_train(const TrainBenchOptions& o) {
   check(o.steps > 0 && o.warmup >= 0, "bench: --steps must be positive and --warmup >= 0");
   const c10::Device device = select_device(o.device);
@@ -111,7 +139,58 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   std::vector<double> times_ms;
   double first_loss = 0, last_loss = 0;
   std::vector<double> losses;  // every step's, warm-up included: the loss curve for numerics checks
-  for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
+  check(!o.cuda_graph || device.is_cuda(), "bench: --cuda-graph needs a CUDA device, got ", device.str());
+  check(!o.cuda_graph || o.stage_steps == 0, "bench: --cuda-graph and --stages do not combine (the stage timer's "
+        "hooks run on the host)");
+#ifdef TESSERA_WITH_CUDA
+  if (o.cuda_graph) {
+    // The whole step (forward, backward, clip, AdamW at a fixed lr) captured once and replayed; each
+    // replay reads the next batch copied into static input tensors. Warm-up runs eagerly on the capture
+    // stream first, so that lazy initialisation (cuBLAS workspaces, autotuning) happens outside capture.
+    Batch static_batch = batches.front();  // then its own tensors, not the rotating batches'
+    for (at::Tensor* t : {&static_batch.tokens, &static_batch.targets, &static_batch.loss_mask, &static_batch.modality,
+                          &static_batch.doc_ids, &static_batch.positions, &static_batch.patch_lengths,
+                          &static_batch.entropies})
+      if (t->defined()) *t = t->clone();
+    const c10::cuda::CUDAStream capture_stream = c10::cuda::getStreamFromPool();
+    at::cuda::CUDAGraph graph;
+    at::Tensor static_loss;
+    {
+      const c10::cuda::CUDAStreamGuard guard(capture_stream);
+      for (int64_t s = 0; s < std::max<int64_t>(o.warmup, 2); ++s) {
+        copy_batch_into(static_batch, next_batch());
+        const StepOutput out = train_step(*model, objective, params, [&] { return static_batch; }, 1, 1e-4, 1.0, device, bf16);
+        optimizer.step(1e-4);
+        losses.push_back(out.loss.item<double>());
+      }
+      optimizer.zero_grad();  // the captured backward allocates the gradients in the graph's pool
+      synchronize(device);
+      try {
+        graph.capture_begin();
+        const StepOutput out = train_step(*model, objective, params, [&] { return static_batch; }, 1, 1e-4, 1.0, device, bf16);
+        optimizer.step(1e-4);
+        graph.capture_end();
+        static_loss = out.loss;
+      } catch (const std::exception& e) {
+        fail("bench --cuda-graph: capturing the training step failed (something in the step synchronises with the "
+             "host or changes shape): ", e.what());
+      }
+    }
+    for (int64_t s = 0; s < o.steps; ++s) {
+      synchronize(device);
+      const auto t0 = std::chrono::steady_clock::now();
+      copy_batch_into(static_batch, next_batch());
+      graph.replay();
+      synchronize(device);
+      const auto t1 = std::chrono::steady_clock::now();
+      times_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      losses.push_back(static_loss.item<double>());
+    }
+    first_loss = losses.front();
+    last_loss = losses.back();
+  }
+#endif
+  for (int64_t s = 0; !o.cuda_graph && s < o.warmup + o.steps; ++s) {
     synchronize(device);
     const auto t0 = std::chrono::steady_clock::now();
     const StepOutput out = train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
@@ -165,7 +244,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   const double peak_gb = peak_memory_gb(device);
 
   TrainBenchResult r;
-  r.json = {{"impl", "tessera"},
+  r.json = {{"impl", o.cuda_graph ? "tessera-cuda-graph" : "tessera"},
             {"arch", model->arch()},
             {"device", device_description(device)},
             {"precision", bf16 ? "bf16-autocast" : "fp32"},

@@ -41,6 +41,7 @@ struct TrainBenchOptions {
   std::vector<std::string> reference_modes;
   std::string python = "python3";
   std::string reference_script;
+  bool cuda_graph = false;       // time replays of the whole step captured as one CUDA graph (CUDA only)
 };
 
 struct TrainBenchResult {

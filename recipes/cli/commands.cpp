@@ -1030,6 +1030,8 @@ int bench_command(const Args& args) {
       "python", "Python with PyTorch for --reference (default: $PYTHON or python3)", cxxopts::value<std::string>())(
       "reference-script", "the reference script (default: eval/bench/reference/dense.py of this source tree)",
       cxxopts::value<std::string>())(
+      "cuda-graph", "CUDA only: capture the whole training step (forward, backward, clip, AdamW) as one CUDA "
+      "graph after the warm-up and time its replays")(
       "profile", "after timing, profile this many steps: GPU time per kernel (CPU: per operator)",
       cxxopts::value<int64_t>()->default_value("0"))(
       "stages", "after timing, split this many steps by the model's stages (BLT: patching, encoder, global, "
@@ -1070,6 +1072,7 @@ int bench_command(const Args& args) {
   b.python = r.count("python") ? r["python"].as<std::string>() : (python_env && *python_env ? python_env : "python3");
   b.reference_script = r.count("reference-script") ? r["reference-script"].as<std::string>()
                                                    : std::string(TESSERA_SOURCE_DIR) + "/eval/bench/reference/dense.py";
+  b.cuda_graph = r.count("cuda-graph") > 0;
   b.profile_steps = r["profile"].as<int64_t>();
   if (r.count("trace")) b.trace = r["trace"].as<std::string>();
   b.stage_steps = r["stages"].as<int64_t>();

@@ -365,6 +365,12 @@ TEST(Cli, BenchTrainRunsOnCpu) {
             1);
   EXPECT_NE(err.find("No module named torch"), std::string::npos) << err;
   EXPECT_EQ(cli({"bench", "train", "--model", "{arch: dense, dim: 32}", "--reference", "eager"}, &out, &err), 2);
+  // A CUDA graph needs CUDA: on the CPU it is an error that says so.
+  EXPECT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
+                 "--seq", "16", "--steps", "1", "--device", "cpu", "--cuda-graph"},
+                &out, &err),
+            1);
+  EXPECT_NE(err.find("--cuda-graph needs a CUDA device"), std::string::npos) << err;
   // --profile adds a per-operator breakdown (per-kernel on CUDA) in which the matrix multiplies appear.
   ASSERT_EQ(cli({"bench", "train", "--dim", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--batch", "2",
                  "--seq", "16", "--warmup", "1", "--steps", "1", "--device", "cpu", "--profile", "1"},
