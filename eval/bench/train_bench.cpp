@@ -76,6 +76,7 @@ nlohmann::json run_pytorch_reference(const TrainBenchOptions& o, const c10::Devi
   return rows;
 }
 
+#ifdef TESSERA_WITH_CUDA
 namespace {
 
 // Copies src's fields into dst's (same shapes): the static inputs a captured step reads.
@@ -96,6 +97,7 @@ void copy_batch_into(Batch& dst, const Batch& src) {
 }
 
 }  // namespace
+#endif
 
 
 TrainBenchResult bench_train(const TrainBenchOptions& o) {
