@@ -43,21 +43,43 @@ DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
 
 at::Tensor DenseBlockImpl::forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl* rope,
                                    const at::Tensor& positions, const nn::MaskSpec& spec, nn::KVCache* cache) {
-  // The residual stream stays in x's precision (float32 under autocast); each norm writes the activation
-  // dtype directly and the second one also forms the residual sum, in one kernel on CUDA.
-  const at::ScalarType act = kernels::activation_dtype(x);
-  const kernels::AddRmsNorm a =
-      kernels::add_rms_norm({}, x, attention_norm->scale(), attention_norm->eps, act, fused_kernels);
+  const auto [h, pending] = forward_deferred(x, at::Tensor(), rope, positions, spec, cache);
+  return h + pending;
+}
+
+std::pair<at::Tensor, at::Tensor> DenseBlockImpl::forward_deferred(const at::Tensor& residual, const at::Tensor& pending,
+                                                                   const nn::RotaryEmbeddingImpl* rope,
+                                                                   const at::Tensor& positions, const nn::MaskSpec& spec,
+                                                                   nn::KVCache* cache) {
+  // The residual stream stays in its precision (float32 under autocast); each norm writes the activation
+  // dtype directly and also forms the residual sum (the previous block's pending feed-forward output, then
+  // the attention output), in one kernel on CUDA.
+  const at::ScalarType act = kernels::activation_dtype(residual);
+  const kernels::AddRmsNorm a = pending.defined()
+                                    ? kernels::add_rms_norm(residual, pending, attention_norm->scale(),
+                                                            attention_norm->eps, act, fused_kernels)
+                                    : kernels::add_rms_norm({}, residual, attention_norm->scale(), attention_norm->eps,
+                                                            act, fused_kernels);
   const kernels::AddRmsNorm b = kernels::add_rms_norm(a.sum, attention->forward(a.normed, rope, positions, spec, cache),
                                                       ffn_norm->scale(), ffn_norm->eps, act, fused_kernels);
-  return b.sum + feed_forward->forward(b.normed);
+  return {b.sum, feed_forward->forward(b.normed)};
+}
+
+std::pair<at::Tensor, at::Tensor> run_dense_blocks_deferred(torch::nn::ModuleList& layers,
+                                                            const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
+                                                            const at::Tensor& positions, const nn::MaskSpec& spec,
+                                                            std::vector<nn::KVCache>* caches) {
+  at::Tensor pending;
+  for (size_t i = 0; i < layers->size(); ++i)
+    std::tie(h, pending) = layers->ptr<DenseBlockImpl>(i)->forward_deferred(h, pending, rope, positions, spec,
+                                                                            caches ? &(*caches)[i] : nullptr);
+  return {h, pending};
 }
 
 at::Tensor run_dense_blocks(torch::nn::ModuleList& layers, const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
                             const at::Tensor& positions, const nn::MaskSpec& spec, std::vector<nn::KVCache>* caches) {
-  for (size_t i = 0; i < layers->size(); ++i)
-    h = layers->ptr<DenseBlockImpl>(i)->forward(h, rope, positions, spec, caches ? &(*caches)[i] : nullptr);
-  return h;
+  const auto [sum, pending] = run_dense_blocks_deferred(layers, rope, std::move(h), positions, spec, caches);
+  return pending.defined() ? sum + pending : sum;
 }
 
 DenseModel::DenseModel(DenseConfig config) : config_(std::move(config)) {
@@ -102,8 +124,13 @@ FlopCount DenseModel::flops(int64_t seq_len) const {
 
 at::Tensor DenseModel::run(const at::Tensor& tokens, const at::Tensor& positions, const nn::MaskSpec& spec,
                            std::vector<nn::KVCache>* caches) {
-  at::Tensor h = run_dense_blocks(layers, rope.get(), tok_embeddings->forward(tokens), positions, spec, caches);
-  h = norm->forward(h);
+  // The last block's feed-forward output is added inside the final norm (one kernel on CUDA).
+  const auto [sum, pending] =
+      run_dense_blocks_deferred(layers, rope.get(), tok_embeddings->forward(tokens), positions, spec, caches);
+  const at::Tensor h = kernels::add_rms_norm(pending.defined() ? sum : at::Tensor(), pending.defined() ? pending : sum,
+                                             norm->scale(), norm->eps, kernels::activation_dtype(sum),
+                                             config_.fused_kernels)
+                           .normed;
   return config_.tie_embeddings ? at::linear(h, tok_embeddings->weight) : output->forward(h);
 }
 

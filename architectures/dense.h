@@ -5,6 +5,8 @@
 
 #include <torch/nn/modules/container/modulelist.h>
 
+#include <utility>
+
 #include "core/model.h"
 #include "core/nn/attention.h"
 #include "core/nn/rms_norm.h"
@@ -58,6 +60,12 @@ struct DenseBlockImpl : torch::nn::Module {
   // rope may be nullptr (no rotary embedding, e.g. MEGABYTE's learned positions).
   at::Tensor forward(const at::Tensor& x, const nn::RotaryEmbeddingImpl* rope, const at::Tensor& positions,
                      const nn::MaskSpec& spec, nn::KVCache* cache);
+  // The same with the residual additions deferred: takes the residual stream and the previous block's
+  // feed-forward output not yet added to it (undefined for none), returns them likewise, so that each
+  // addition happens inside the next norm's kernel. forward(x) = sum + pending of forward_deferred(x, {}).
+  std::pair<at::Tensor, at::Tensor> forward_deferred(const at::Tensor& residual, const at::Tensor& pending,
+                                                     const nn::RotaryEmbeddingImpl* rope, const at::Tensor& positions,
+                                                     const nn::MaskSpec& spec, nn::KVCache* cache);
   nn::RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
   nn::SelfAttention attention{nullptr};
   nn::SwiGLU feed_forward{nullptr};
@@ -69,6 +77,12 @@ TORCH_MODULE(DenseBlock);
 // block. Shared by every backbone built from Llama blocks (dense, MEGABYTE's stacks, BLT's global model).
 at::Tensor run_dense_blocks(torch::nn::ModuleList& layers, const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
                             const at::Tensor& positions, const nn::MaskSpec& spec, std::vector<nn::KVCache>* caches);
+// The same returning {residual stream, last block's feed-forward output not yet added} (see
+// DenseBlockImpl::forward_deferred), for a caller that folds the last addition into its final norm.
+std::pair<at::Tensor, at::Tensor> run_dense_blocks_deferred(torch::nn::ModuleList& layers,
+                                                            const nn::RotaryEmbeddingImpl* rope, at::Tensor h,
+                                                            const at::Tensor& positions, const nn::MaskSpec& spec,
+                                                            std::vector<nn::KVCache>* caches);
 
 class DenseModel : public LanguageModel {
  public:

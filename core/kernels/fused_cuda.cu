@@ -79,40 +79,85 @@ int dispatch(DType d, F&& f) {
 
 // ---- residual add + RMSNorm ------------------------------------------------------------------------
 
-template <typename TX, typename TO>
+// W consecutive values of one dtype, aligned so that W = 4 is one vector access (16 bytes of float32,
+// 8 of bf16); W = 1 is the scalar fallback for widths or pointers that do not allow it.
+template <typename T, int W>
+struct alignas(sizeof(T) * W) Chunk {
+  T v[W];
+};
+
+template <int W, typename T>
+__device__ __forceinline__ void load(const T* __restrict__ row, int64_t j, float (&out)[W]) {
+  const Chunk<T, W> c = reinterpret_cast<const Chunk<T, W>*>(row)[j];
+#pragma unroll
+  for (int k = 0; k < W; ++k) out[k] = to_float(c.v[k]);
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void store(T* __restrict__ row, int64_t j, const float (&in)[W]) {
+  Chunk<T, W> c;
+#pragma unroll
+  for (int k = 0; k < W; ++k) c.v[k] = from_float<T>(in[k]);
+  reinterpret_cast<Chunk<T, W>*>(row)[j] = c;
+}
+
+template <typename TX, typename TO, int W>
 __global__ void add_rms_norm_fwd_kernel(const float* __restrict__ residual, const TX* __restrict__ x,
                                         const float* __restrict__ scale, float* __restrict__ sum_out,
                                         TO* __restrict__ out, float* __restrict__ rstd, int64_t dim, float eps) {
-  const int64_t row = blockIdx.x;
+  const int64_t row = blockIdx.x, chunks = dim / W;
   const TX* xr = x + row * dim;
   const float* rr = residual ? residual + row * dim : nullptr;
   float* sr = sum_out ? sum_out + row * dim : nullptr;
   float squares = 0.f;
-  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-    float v = to_float(xr[j]);
-    if (rr) v += rr[j];
-    if (sr) sr[j] = v;
-    squares += v * v;
+  for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+    float v[W];
+    load<W>(xr, j, v);
+    if (rr) {
+      float r[W];
+      load<W>(rr, j, r);
+#pragma unroll
+      for (int k = 0; k < W; ++k) v[k] += r[k];
+    }
+    if (sr) store<W>(sr, j, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) squares += v[k] * v[k];
   }
   const float inv = rsqrtf(block_sum(squares) / static_cast<float>(dim) + eps);
   if (threadIdx.x == 0) rstd[row] = inv;
   TO* orow = out + row * dim;
-  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-    const float v = sr ? sr[j] : to_float(xr[j]) + (rr ? rr[j] : 0.f);  // sr[j] was written by this thread
-    orow[j] = from_float<TO>(v * inv * scale[j]);
+  for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+    float v[W], sc[W];
+    if (sr) {
+      load<W>(sr, j, v);  // written by this thread above
+    } else {
+      load<W>(xr, j, v);
+      if (rr) {
+        float r[W];
+        load<W>(rr, j, r);
+#pragma unroll
+        for (int k = 0; k < W; ++k) v[k] += r[k];
+      }
+    }
+    load<W>(scale, j, sc);
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] *= inv * sc[k];
+    store<W>(orow, j, v);
   }
 }
 
 constexpr int64_t kNormBackwardRowsPerBlock = 16;
 
-template <typename TG, typename TX>
+template <typename TG, typename TX, int W>
 __global__ void add_rms_norm_bwd_kernel(const float* __restrict__ sum, const float* __restrict__ rstd,
                                         const float* __restrict__ scale, const TG* __restrict__ grad_normed,
                                         const float* __restrict__ grad_sum, float* __restrict__ grad_residual,
                                         TX* __restrict__ grad_x, float* __restrict__ scale_partials, int64_t rows,
                                         int64_t dim) {
   extern __shared__ float scale_grad[];  // [dim]: this block's partial sum of grad_normed · x̂
+  const int64_t chunks = dim / W;
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) scale_grad[j] = 0.f;
+  __syncthreads();
   const int64_t first = blockIdx.x * kNormBackwardRowsPerBlock;
   const int64_t last = min(rows, first + kNormBackwardRowsPerBlock);
   for (int64_t row = first; row < last; ++row) {
@@ -120,17 +165,33 @@ __global__ void add_rms_norm_bwd_kernel(const float* __restrict__ sum, const flo
     const float* s = sum + row * dim;
     const TG* g = grad_normed + row * dim;
     float dot = 0.f;
-    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dot += to_float(g[j]) * scale[j] * s[j] * inv;
+    for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+      float sv[W], gv[W], sc[W];
+      load<W>(s, j, sv);
+      load<W>(g, j, gv);
+      load<W>(scale, j, sc);
+#pragma unroll
+      for (int k = 0; k < W; ++k) dot += gv[k] * sc[k] * sv[k] * inv;
+    }
     const float mean_dot = block_sum(dot) / static_cast<float>(dim);
-    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-      const float xhat = s[j] * inv, gj = to_float(g[j]);
-      float dx = inv * (gj * scale[j] - xhat * mean_dot);
-      if (grad_sum) dx += grad_sum[row * dim + j];
-      if (grad_residual) grad_residual[row * dim + j] = dx;
-      if (grad_x) grad_x[row * dim + j] = from_float<TX>(dx);
-      scale_grad[j] += gj * xhat;  // only this thread touches column j
+    for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+      float sv[W], gv[W], sc[W], dx[W];
+      load<W>(s, j, sv);
+      load<W>(g, j, gv);
+      load<W>(scale, j, sc);
+      float gs[W];
+      if (grad_sum) load<W>(grad_sum + row * dim, j, gs);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const float xhat = sv[k] * inv;
+        dx[k] = inv * (gv[k] * sc[k] - xhat * mean_dot) + (grad_sum ? gs[k] : 0.f);
+        scale_grad[j * W + k] += gv[k] * xhat;  // only this thread touches these columns
+      }
+      if (grad_residual) store<W>(grad_residual + row * dim, j, dx);
+      if (grad_x) store<W>(grad_x + row * dim, j, dx);
     }
   }
+  __syncthreads();  // column j was accumulated by the thread owning chunk j / W
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) scale_partials[blockIdx.x * dim + j] = scale_grad[j];
 }
 
@@ -309,7 +370,11 @@ int add_rms_norm_forward(const float* residual, const void* x, DType x_dtype, co
     using TX = std::remove_pointer_t<decltype(xt)>;
     return dispatch(out_dtype, [&](auto* ot) {
       using TO = std::remove_pointer_t<decltype(ot)>;
-      add_rms_norm_fwd_kernel<TX, TO><<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      // Four values per access where every row and pointer allows it.
+      const bool wide = dim % 4 == 0 && aligned16(residual) && aligned16(x) && aligned16(scale) && aligned16(sum_out) &&
+                        aligned16(normed_out);
+      auto kernel = wide ? add_rms_norm_fwd_kernel<TX, TO, 4> : add_rms_norm_fwd_kernel<TX, TO, 1>;
+      kernel<<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
           residual, static_cast<const TX*>(x), scale, sum_out, static_cast<TO*>(normed_out), rstd_out, dim, eps);
       return finish();
     });
@@ -329,7 +394,9 @@ int add_rms_norm_backward(const float* sum, const float* rstd, const float* scal
     using TG = std::remove_pointer_t<decltype(gt)>;
     return dispatch(x_dtype, [&](auto* xt) {
       using TX = std::remove_pointer_t<decltype(xt)>;
-      auto kernel = add_rms_norm_bwd_kernel<TG, TX>;
+      const bool wide = dim % 4 == 0 && aligned16(sum) && aligned16(scale) && aligned16(grad_normed) &&
+                        aligned16(grad_sum) && aligned16(grad_residual) && aligned16(grad_x);
+      auto kernel = wide ? add_rms_norm_bwd_kernel<TG, TX, 4> : add_rms_norm_bwd_kernel<TG, TX, 1>;
       if (shared > 48 * 1024) {
         const cudaError_t e =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));

@@ -51,7 +51,7 @@ std::pair<at::Tensor, at::Tensor> ref_add_rms_norm(const at::Tensor& residual, c
 
 TEST(FusedKernels, AddRmsNormMatchesFloat64ValuesAndGradients) {
   for (const Case& c : cases()) {
-    for (const int64_t dim : {96, 1536}) {  // fewer and more columns than a block's 256 threads
+    for (const int64_t dim : {90, 96, 1536}) {  // 90: the scalar path (not a multiple of 4); 1536 > 256 threads
       for (const bool with_residual : {true, false}) {
         SCOPED_TRACE(name(c) + " dim " + std::to_string(dim) + (with_residual ? " residual" : " no residual"));
         const at::Tensor r64 = at::randn({3, 37, dim}, at::kDouble) * 2.0;
