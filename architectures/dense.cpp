@@ -38,6 +38,8 @@ DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
   ffn_norm = register_module("ffn_norm", nn::RMSNorm(c.dim, c.norm_eps));
   feed_forward = register_module("feed_forward", nn::SwiGLU(c.dim, hidden_dim));
   feed_forward->fused = c.fused_kernels;
+  feed_forward->fused_projection = c.fused_projections;
+  attention->fused_projections = c.fused_projections;
   fused_kernels = c.fused_kernels;
 }
 
@@ -139,7 +141,7 @@ Outputs DenseModel::forward(const Batch& batch) {
   const int64_t T = batch.seq_len();
   check(T <= config_.max_seq_len, "sequence length ", T, " exceeds model.max_seq_len ", config_.max_seq_len);
   const at::Tensor positions =
-      batch.positions.defined() ? batch.positions : at::arange(T, batch.tokens.options().dtype(at::kLong));
+      batch.positions.defined() ? batch.positions : rope->range(0, T, batch.tokens.device());
   nn::MaskSpec spec;
   spec.causal = true;
   spec.window = config_.sliding_window;
@@ -167,7 +169,7 @@ std::unique_ptr<DecodeState> DenseModel::start_decoding(int64_t batch_size, int6
 at::Tensor DenseModel::step(const at::Tensor& tokens, DecodeState& base) {
   auto& state = dynamic_cast<DenseDecodeState&>(base);
   const int64_t t = tokens.size(1);
-  const at::Tensor positions = at::arange(state.position, state.position + t, tokens.options().dtype(at::kLong));
+  const at::Tensor positions = rope->range(state.position, t, tokens.device());
   nn::MaskSpec spec;
   spec.causal = true;
   spec.window = config_.sliding_window;

@@ -32,6 +32,7 @@ struct DenseConfig {
   int64_t sliding_window = 0;  // 0: full causal attention
   double init_std = 0.02;
   bool fused_kernels = true;  // core/kernels on CUDA; false: the ATen composite path (same math)
+  bool fused_projections = true;  // q/k/v and SwiGLU's w1/w3 each as one GEMM (parameters unchanged)
 
   template <class V>
   void fields(V& v) {
@@ -52,6 +53,8 @@ struct DenseConfig {
     v.optional("init_std", init_std, "std of the normal weight init (output projections scaled by 1/sqrt(2·n_layers))");
     v.optional("fused_kernels", fused_kernels,
                "fused CUDA kernels for residual add + RMSNorm, SwiGLU and RoPE (false: ATen ops; same math)");
+    v.optional("fused_projections", fused_projections,
+               "compute wq/wk/wv and SwiGLU's w1/w3 each as one GEMM over concatenated weights (same parameters)");
   }
 };
 

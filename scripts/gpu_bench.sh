@@ -6,9 +6,10 @@
 #      torch.compile + fused AdamW) on the same shape;
 #   4. writes every JSON result and a markdown table to $OUT (default runs/gpu_bench).
 # SECOND_SHAPE=1 adds dim 2048 / 24 layers / seq 4096 / batch 2. STEPS / WARMUP override the counts.
-# MODES: the PyTorch reference modes (default "eager eager-fused compile"). UNFUSED=1 adds Tessera with
-# fused_kernels: false (the ATen path) for what core/kernels gain; GRAPH=1 adds Tessera with the whole
-# step captured as one CUDA graph (--cuda-graph); PROFILE=1 adds a per-kernel profile
+# MODES: the PyTorch reference modes (default "eager eager-fused compile"; "none" for Tessera alone).
+# UNFUSED=1 adds Tessera with fused_kernels and fused_projections off (ATen ops, separate q/k/v and w1/w3
+# GEMMs: the starting point) and with fused_projections alone off, for what each means gains; GRAPH=1
+# adds Tessera with the whole step captured as one CUDA graph (--cuda-graph); PROFILE=1 adds a per-kernel profile
 # of Tessera's step for each shape (profile-<shape>.txt); NUMERICS=1 compares 200-step loss curves
 # (fused kernels against the ATen path, numerics.md).
 set -euo pipefail
@@ -46,9 +47,12 @@ run_shape() {  # name dim layers heads vocab batch seq
   "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
     --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda --json "$OUT/$name-tessera.json"
   if [ "${UNFUSED:-0}" = 1 ]; then
-    "$TESSERA" bench train --model "{arch: dense, dim: $dim, n_layers: $layers, n_heads: $heads, fused_kernels: false}" \
+    "$TESSERA" bench train --model "{arch: dense, dim: $dim, n_layers: $layers, n_heads: $heads, fused_kernels: false, fused_projections: false}" \
       --vocab "$vocab" --batch "$batch" --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda \
       --json "$OUT/$name-tessera-unfused.json"
+    "$TESSERA" bench train --model "{arch: dense, dim: $dim, n_layers: $layers, n_heads: $heads, fused_projections: false}" \
+      --vocab "$vocab" --batch "$batch" --seq "$seq" --steps "$STEPS" --warmup "$WARMUP" --device cuda \
+      --json "$OUT/$name-tessera-noproj.json"
   fi
   if [ "${GRAPH:-0}" = 1 ]; then
     "$TESSERA" bench train --dim "$dim" --layers "$layers" --heads "$heads" --vocab "$vocab" --batch "$batch" \
@@ -60,6 +64,7 @@ run_shape() {  # name dim layers heads vocab batch seq
       --seq "$seq" --steps 8 --warmup 4 --device cuda --profile 3 > "$OUT/profile-$name.txt" 2>&1 || true
   fi
   for mode in ${MODES:-eager eager-fused compile}; do
+    [ "$mode" = none ] && continue
     $PY "$ROOT/eval/bench/reference/dense.py" --mode "$mode" --dim "$dim" --n-layers "$layers" --n-heads "$heads" \
       --vocab-size "$vocab" --batch-size "$batch" --seq-len "$seq" --steps "$STEPS" --warmup "$WARMUP" \
       > "$OUT/$name-pytorch-$mode.json" 2> "$OUT/$name-pytorch-$mode.log" || { tail -30 "$OUT/$name-pytorch-$mode.log"; exit 1; }
@@ -70,10 +75,11 @@ run_shape s220m 1024 12 16 32000 8 2048
 [ "${SECOND_SHAPE:-0}" = 1 ] && run_shape s1b 2048 24 16 32000 2 4096
 
 # Numerics (NUMERICS=1): 200 steps of the 220M model on the same 4 batches from the same initialisation,
-# fused kernels against the ATen path (twice, for the run-to-run spread), compared step by step.
+# every fusion on (kernels and projections) against the plain ATen path with separate projections (twice,
+# for the run-to-run spread), compared step by step.
 if [ "${NUMERICS:-0}" = 1 ]; then
   for run in fused:true aten:false aten2:false; do
-    "$TESSERA" bench train --model "{arch: dense, dim: 1024, n_layers: 12, n_heads: 16, fused_kernels: ${run#*:}}" \
+    "$TESSERA" bench train --model "{arch: dense, dim: 1024, n_layers: 12, n_heads: 16, fused_kernels: ${run#*:}, fused_projections: ${run#*:}}" \
       --vocab 32000 --batch 8 --seq 2048 --steps 200 --warmup 0 --device cuda --json "$OUT/numerics-${run%%:*}.json" > /dev/null
   done
   $PY - "$OUT" > "$OUT/numerics.md" <<'EOF'
@@ -103,13 +109,14 @@ print("| shape | implementation | step ms (median) | min–max | tokens/s | TFLO
 print("|---|---|---|---|---|---|---|---|---|")
 for shape in sorted({os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(out, "*-tessera.json"))}):
     rows = [(impl, json.load(open(os.path.join(out, f"{shape}-{impl}.json"))))
-            for impl in ("tessera", "tessera-graph", "tessera-unfused", "pytorch-eager", "pytorch-eager-fused",
-                         "pytorch-compile")
+            for impl in ("tessera", "tessera-graph", "tessera-noproj", "tessera-unfused", "pytorch-eager",
+                         "pytorch-eager-fused", "pytorch-compile")
             if os.path.exists(os.path.join(out, f"{shape}-{impl}.json"))]
     base = rows[0][1]["step_ms_median"]
     shape_json = rows[0][1]  # the default-model row: its dims are the shape's (a --model row reports defaults)
     for impl, r in rows:
-        label = "tessera (fused_kernels: false)" if impl == "tessera-unfused" else r["impl"]
+        label = {"tessera-unfused": "tessera (fused_kernels: false, fused_projections: false)",
+                 "tessera-noproj": "tessera (fused_projections: false)"}.get(impl, r["impl"])
         desc = (f"d{shape_json['dim']} L{shape_json['n_layers']} B{r['batch_size']}×T{r['seq_len']} "
                 f"({r['parameters']/1e6:.0f}M)")
         print(f"| {desc} | {label} | {r['step_ms_median']:.1f} | {r['step_ms_min']:.1f}–{r['step_ms_max']:.1f} | "

@@ -162,16 +162,22 @@ struct SiluMulFunction : torch::autograd::Function<SiluMulFunction> {
   }
 };
 
-// Launches the rotation of x into a tensor of x's strides (last dimension contiguous).
-at::Tensor rope_launch(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
-                       const at::Tensor& positions, bool interleaved, bool inverse) {
-  at::Tensor out = at::empty_strided(x.sizes(), x.strides(), x.options());
-  kc::RopeShape s{x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2),
-                  interleaved, positions.dim() == 2, inverse};
+// Launches the rotation of x [B, H, T, D] into out (same sizes, own strides; both last-dim contiguous).
+void rope_launch_into(const at::Tensor& x, const at::Tensor& out, const at::Tensor& cos_table,
+                      const at::Tensor& sin_table, const at::Tensor& positions, bool interleaved, bool inverse) {
+  kc::RopeShape s{x.size(0),      x.size(1),      x.size(2),      x.size(3),   x.stride(0), x.stride(1), x.stride(2),
+                  out.stride(0),  out.stride(1),  out.stride(2),  interleaved, positions.dim() == 2, inverse};
   check_launch(kc::rope_forward(x.data_ptr(), out.data_ptr(), *kernel_dtype(x.scalar_type()),
                                 cos_table.data_ptr<float>(), sin_table.data_ptr<float>(), positions.data_ptr<int64_t>(),
                                 s, stream_of(x)),
                "rope");
+}
+
+// The same into a new tensor of x's strides.
+at::Tensor rope_launch(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
+                       const at::Tensor& positions, bool interleaved, bool inverse) {
+  at::Tensor out = at::empty_strided(x.sizes(), x.strides(), x.options());
+  rope_launch_into(x, out, cos_table, sin_table, positions, interleaved, inverse);
   return out;
 }
 
@@ -196,6 +202,86 @@ struct RopeFunction : torch::autograd::Function<RopeFunction> {
     const at::Tensor g = rope_launch(rope_ready(grads[0]), saved[0], saved[1], saved[2],
                                      ctx->saved_data["interleaved"].toBool(), /*inverse=*/true);
     return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct SiluMulPackedFunction : torch::autograd::Function<SiluMulPackedFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_up_in) {
+    const c10::cuda::CUDAGuard guard(gate_up_in.device());
+    const at::Tensor gate_up = gate_up_in.contiguous();
+    const int64_t hidden = gate_up.size(-1) / 2, rows = gate_up.numel() / std::max<int64_t>(2 * hidden, 1);
+    std::vector<int64_t> sizes = gate_up.sizes().vec();
+    sizes.back() = hidden;
+    at::Tensor out = at::empty(sizes, gate_up.options());
+    check_launch(kc::silu_mul_packed_forward(gate_up.data_ptr(), out.data_ptr(), *kernel_dtype(gate_up.scalar_type()),
+                                             rows, hidden, stream_of(gate_up)),
+                 "silu_mul_packed");
+    ctx->save_for_backward({gate_up});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor gate_up = ctx->get_saved_variables()[0];
+    const c10::cuda::CUDAGuard guard(gate_up.device());
+    const at::Tensor grad = grads[0].to(gate_up.scalar_type()).contiguous();
+    const int64_t hidden = gate_up.size(-1) / 2, rows = gate_up.numel() / std::max<int64_t>(2 * hidden, 1);
+    at::Tensor grad_gate_up = at::empty_like(gate_up);
+    check_launch(kc::silu_mul_packed_backward(gate_up.data_ptr(), grad.data_ptr(), grad_gate_up.data_ptr(),
+                                              *kernel_dtype(gate_up.scalar_type()), rows, hidden, stream_of(gate_up)),
+                 "silu_mul_packed backward");
+    return {grad_gate_up};
+  }
+};
+
+// qkv [B, T, (Hq + 2·Hkv)·D] -> rotated q [B, Hq, T, D] and k [B, Hkv, T, D] (new tensors laid out as
+// [B, T, H, D], which SDPA reads as is) and v, a view of qkv. The backward writes dq and dk rotated back,
+// and dv, into one gradient of qkv's layout: no concatenation and no sum of three input gradients.
+struct QkvRopeFunction : torch::autograd::Function<QkvRopeFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& qkv_in, const at::Tensor& cos_table,
+                               const at::Tensor& sin_table, const at::Tensor& positions, int64_t n_heads,
+                               int64_t n_kv_heads, bool interleaved) {
+    const c10::cuda::CUDAGuard guard(qkv_in.device());
+    const at::Tensor qkv = qkv_in.contiguous();
+    const int64_t B = qkv.size(0), T = qkv.size(1), E = qkv.size(2), D = E / (n_heads + 2 * n_kv_heads);
+    const at::Tensor pos = positions.to(qkv.device(), at::kLong).contiguous();
+    auto heads = [&](int64_t first, int64_t count) {  // a [B, count, T, D] view of qkv's heads [first, first + count)
+      return qkv.narrow(2, first * D, count * D).view({B, T, count, D}).transpose(1, 2);
+    };
+    auto rotated = [&](int64_t first, int64_t count) {
+      const at::Tensor out = at::empty_strided({B, count, T, D}, {T * count * D, D, count * D, 1}, qkv.options());
+      rope_launch_into(heads(first, count), out, cos_table, sin_table, pos, interleaved, /*inverse=*/false);
+      return out;
+    };
+    const at::Tensor q = rotated(0, n_heads), k = rotated(n_heads, n_kv_heads);
+    ctx->save_for_backward({cos_table, sin_table, pos});
+    ctx->saved_data["shape"] = std::vector<int64_t>{B, T, E, D, n_heads, n_kv_heads};
+    ctx->saved_data["interleaved"] = interleaved;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(qkv.scalar_type());
+    return {q, k, heads(n_heads + n_kv_heads, n_kv_heads)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
+    const int64_t B = shape[0], T = shape[1], E = shape[2], D = shape[3], Hq = shape[4], Hkv = shape[5];
+    const bool interleaved = ctx->saved_data["interleaved"].toBool();
+    const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
+    const c10::cuda::CUDAGuard guard(saved[0].device());
+    at::Tensor grad = at::empty({B, T, E}, saved[0].options().dtype(dtype));
+    auto heads = [&](int64_t first, int64_t count) {
+      return grad.narrow(2, first * D, count * D).view({B, T, count, D}).transpose(1, 2);
+    };
+    const int64_t first[3] = {0, Hq, Hq + Hkv}, count[3] = {Hq, Hkv, Hkv};
+    for (int i = 0; i < 3; ++i) {
+      const at::Tensor dst = heads(first[i], count[i]);
+      if (!grads[i].defined()) {
+        dst.zero_();
+      } else if (i < 2) {  // the rotation is orthogonal: its transpose rotates by minus the angle
+        rope_launch_into(rope_ready(grads[i].to(dtype)), dst, saved[0], saved[1], saved[2], interleaved,
+                         /*inverse=*/true);
+      } else {
+        dst.copy_(grads[i]);
+      }
+    }
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -279,6 +365,45 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, bool use_kerne
     return SiluMulFunction::apply(gate, up);
 #endif
   return at::silu(gate) * up;
+}
+
+at::Tensor silu_mul_packed(const at::Tensor& gate_up, bool use_kernel) {
+  check(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0, "silu_mul_packed: expected gate_up [..., 2·hidden], got ",
+        gate_up.sizes());
+#ifdef TESSERA_WITH_CUDA
+  if (use_kernel && on_cuda(gate_up) && kernel_float_type(gate_up.scalar_type()) && gate_up.numel() > 0)
+    return SiluMulPackedFunction::apply(gate_up);
+#endif
+  const std::vector<at::Tensor> halves = gate_up.chunk(2, -1);  // one backward node: both halves' gradients in one cat
+  return at::silu(halves[0]) * halves[1];
+}
+
+QkvHeads split_qkv_rope(const at::Tensor& qkv, int64_t n_heads, int64_t n_kv_heads, const at::Tensor& cos_table,
+                        const at::Tensor& sin_table, const at::Tensor& positions, bool interleaved, bool use_kernel) {
+  check(qkv.dim() == 3 && n_heads > 0 && n_kv_heads > 0 && qkv.size(2) % (n_heads + 2 * n_kv_heads) == 0,
+        "split_qkv_rope: expected qkv [B, T, (", n_heads, " + 2·", n_kv_heads, ")·head_dim], got ", qkv.sizes());
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (n_heads + 2 * n_kv_heads);
+  const bool rotate = cos_table.defined();
+  check(!rotate || (D % 2 == 0 && cos_table.size(1) == D / 2), "split_qkv_rope: head dim ", D,
+        " does not match the RoPE tables [", cos_table.sizes(), "]");
+#ifdef TESSERA_WITH_CUDA
+  if (rotate && use_kernel && on_cuda(qkv) && kernel_float_type(qkv.scalar_type()) && qkv.numel() > 0 &&
+      cos_table.scalar_type() == at::kFloat && sin_table.scalar_type() == at::kFloat && cos_table.is_contiguous() &&
+      sin_table.is_contiguous()) {
+    const variable_list out =
+        QkvRopeFunction::apply(qkv, cos_table, sin_table, positions, n_heads, n_kv_heads, interleaved);
+    return {out[0], out[1], out[2]};
+  }
+#endif
+  // One split (a single backward node that concatenates the three gradients), then the rotations.
+  const std::vector<at::Tensor> parts = qkv.split_with_sizes({n_heads * D, n_kv_heads * D, n_kv_heads * D}, 2);
+  auto heads = [&](const at::Tensor& part, int64_t count) { return part.view({B, T, count, D}).transpose(1, 2); };
+  at::Tensor q = heads(parts[0], n_heads), k = heads(parts[1], n_kv_heads);
+  if (rotate) {
+    q = rope(q, cos_table, sin_table, positions, interleaved, use_kernel);
+    k = rope(k, cos_table, sin_table, positions, interleaved, use_kernel);
+  }
+  return {q, k, heads(parts[2], n_kv_heads)};
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,

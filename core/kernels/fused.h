@@ -30,11 +30,28 @@ AddRmsNorm add_rms_norm(const at::Tensor& residual, const at::Tensor& x, const a
 // SwiGLU's gate: silu(gate) · up (same shapes and dtype).
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up, bool use_kernel = true);
 
+// silu_mul on one GEMM's output: gate_up [..., 2·hidden] holds gate then up in each row; returns
+// [..., hidden]. The CUDA backward writes both gradients into one [..., 2·hidden] tensor, the layout of
+// the GEMM's output, so the fused projection's backward needs no concatenation.
+at::Tensor silu_mul_packed(const at::Tensor& gate_up, bool use_kernel = true);
+
 // Rotary embedding of x [B, H, T, D] by the angles in cos/sin tables [max_positions, D/2] (float32) at
 // integer positions [T] or [B, T] (already range-checked by the caller); interleaved pairs (2i, 2i + 1),
 // else (i, i + D/2). Returns x's dtype.
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_table, const at::Tensor& sin_table,
                 const at::Tensor& positions, bool interleaved, bool use_kernel = true);
+
+struct QkvHeads {
+  at::Tensor q, k, v;  // [B, Hq, T, D], [B, Hkv, T, D], [B, Hkv, T, D]
+};
+
+// One fused projection's output qkv [B, T, (Hq + 2·Hkv)·D] (q's heads, then k's, then v's) split into
+// heads, q and k rotated as rope() does (cos_table undefined: no rotation). v is a view of qkv. On CUDA the
+// backward writes the three gradients into one tensor of qkv's layout (the rotations undone), instead of
+// the sum of three projections' input gradients that separate q/k/v GEMMs need.
+QkvHeads split_qkv_rope(const at::Tensor& qkv, int64_t n_heads, int64_t n_kv_heads, const at::Tensor& cos_table,
+                        const at::Tensor& sin_table, const at::Tensor& positions, bool interleaved,
+                        bool use_kernel = true);
 
 // Per-token negative log-likelihood in float32 of logits [N, V] (any float dtype) at targets [N] (int64;
 // -100 is ignored: 0 and no gradient). The CUDA kernel reads bf16 logits directly: no float32 copy of the

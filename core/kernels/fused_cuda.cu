@@ -262,6 +262,58 @@ int elementwise_blocks(int64_t n) {
   return static_cast<int>(blocks < 132 * 32 ? (blocks > 0 ? blocks : 1) : 132 * 32);
 }
 
+// Packed gate/up rows [rows, 2·hidden]: a block walks whole rows (no per-element division), W values per
+// access (W = 16 bytes when hidden and the pointers allow it, else 1).
+template <typename T, int W>
+__global__ void silu_mul_packed_fwd_kernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows,
+                                           int64_t hidden) {
+  const int64_t chunks = hidden / W;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* gate = gate_up + r * 2 * hidden;
+    const T* up = gate + hidden;
+    T* o = out + r * hidden;
+    for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+      float g[W], u[W], y[W];
+      load<W>(gate, j, g);
+      load<W>(up, j, u);
+#pragma unroll
+      for (int k = 0; k < W; ++k) y[k] = g[k] * sigmoid(g[k]) * u[k];
+      store<W>(o, j, y);
+    }
+  }
+}
+
+template <typename T, int W>
+__global__ void silu_mul_packed_bwd_kernel(const T* __restrict__ gate_up, const T* __restrict__ grad,
+                                           T* __restrict__ grad_gate_up, int64_t rows, int64_t hidden) {
+  const int64_t chunks = hidden / W;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* gate = gate_up + r * 2 * hidden;
+    const T* up = gate + hidden;
+    const T* go = grad + r * hidden;
+    T* dgate = grad_gate_up + r * 2 * hidden;
+    T* dup = dgate + hidden;
+    for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+      float g[W], u[W], d[W], dg[W], du[W];
+      load<W>(gate, j, g);
+      load<W>(up, j, u);
+      load<W>(go, j, d);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const float sg = sigmoid(g[k]);
+        dg[k] = d[k] * u[k] * sg * (1.f + g[k] * (1.f - sg));
+        du[k] = d[k] * g[k] * sg;
+      }
+      store<W>(dgate, j, dg);
+      store<W>(dup, j, du);
+    }
+  }
+}
+
+constexpr int kPackedThreads = 128;
+
+int packed_blocks(int64_t rows) { return static_cast<int>(rows < 132 * 16 ? (rows > 0 ? rows : 1) : 132 * 16); }
+
 // ---- rotary embedding ------------------------------------------------------------------------------
 
 // One block per token (b, t): its H heads × D/2 pairs, with 32-bit index math inside the token (64-bit
@@ -277,15 +329,64 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out, const 
   const float* cos_row = cos_table + pos * half;
   const float* sin_row = sin_table + pos * half;
   const T* xt = x + b * s.x_stride_b + t * s.x_stride_t;
-  T* ot = out + b * s.x_stride_b + t * s.x_stride_t;
+  T* ot = out + b * s.out_stride_b + t * s.out_stride_t;
   for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
     const int h = i / half, p = i - h * half;
     const float c = cos_row[p], sn = s.inverse ? -sin_row[p] : sin_row[p];
-    const int64_t base = h * s.x_stride_h;
-    const int64_t ia = base + (s.interleaved ? 2 * p : p), ib = base + (s.interleaved ? 2 * p + 1 : p + half);
-    const float a = to_float(xt[ia]), bv = to_float(xt[ib]);
-    ot[ia] = from_float<T>(a * c - bv * sn);
-    ot[ib] = from_float<T>(a * sn + bv * c);
+    const int64_t ia = s.interleaved ? 2 * p : p, ib = s.interleaved ? 2 * p + 1 : p + half;
+    const T* xh = xt + h * s.x_stride_h;
+    T* oh = ot + h * s.out_stride_h;
+    const float a = to_float(xh[ia]), bv = to_float(xh[ib]);
+    oh[ia] = from_float<T>(a * c - bv * sn);
+    oh[ib] = from_float<T>(a * sn + bv * c);
+  }
+}
+
+// The same with 16-byte accesses: a thread rotates one chunk of V = 16 / sizeof(T) values of one head —
+// half split: V pairs (V values from each half, V cos and sin); interleaved: V / 2 adjacent pairs. One
+// block per token, one thread per (head, chunk). Needs the chunks aligned (launcher checks).
+template <typename T>
+__global__ void rope_vec_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ cos_table,
+                                const float* __restrict__ sin_table, const int64_t* __restrict__ positions,
+                                RopeShape s) {
+  constexpr int V = Pack<T>::kSize;
+  const int64_t token = blockIdx.x;
+  const int64_t b = token / s.T, t = token - b * s.T;
+  const int half = static_cast<int>(s.D / 2);
+  const int chunks = s.interleaved ? static_cast<int>(s.D) / V : half / V;  // per head
+  const int i = threadIdx.x;
+  if (i >= static_cast<int>(s.H) * chunks) return;
+  const int h = i / chunks, c = i - h * chunks;
+  const int64_t pos = positions[s.positions_batched ? token : t];
+  const T* xh = x + b * s.x_stride_b + t * s.x_stride_t + h * s.x_stride_h;
+  T* oh = out + b * s.out_stride_b + t * s.out_stride_t + h * s.out_stride_h;
+  const float sign = s.inverse ? -1.f : 1.f;
+  if (!s.interleaved) {
+    float a[V], bv[V], cs[V], sn[V];
+    load<V>(xh, c, a);
+    load<V>(xh + half, c, bv);
+    load<V>(cos_table + pos * half, c, cs);  // V floats: two 16-byte loads
+    load<V>(sin_table + pos * half, c, sn);
+    float ra[V], rb[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      ra[k] = a[k] * cs[k] - bv[k] * sign * sn[k];
+      rb[k] = a[k] * sign * sn[k] + bv[k] * cs[k];
+    }
+    store<V>(oh, c, ra);
+    store<V>(oh + half, c, rb);
+  } else {
+    constexpr int P = V / 2;
+    float v[V], cs[P], sn[P], r[V];
+    load<V>(xh, c, v);
+    load<P>(cos_table + pos * half, c, cs);
+    load<P>(sin_table + pos * half, c, sn);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      r[2 * k] = v[2 * k] * cs[k] - v[2 * k + 1] * sign * sn[k];
+      r[2 * k + 1] = v[2 * k] * sign * sn[k] + v[2 * k + 1] * cs[k];
+    }
+    store<V>(oh, c, r);
   }
 }
 
@@ -294,31 +395,51 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out, const 
 constexpr int kCeThreads = 512;
 
 // Rows are read in 16-byte packs when kPacked (vocab a multiple of the pack and the rows aligned).
-template <typename T, bool kPacked, typename F>
-__device__ __forceinline__ void for_row(const T* __restrict__ row, int64_t vocab, F&& f) {
-  if (kPacked) {
-    const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(row);
-    for (int64_t i = threadIdx.x; i < vocab / Pack<T>::kSize; i += blockDim.x) {
-      const Pack<T> p = packs[i];
-#pragma unroll
-      for (int k = 0; k < Pack<T>::kSize; ++k) f(i * Pack<T>::kSize + k, to_float(p.v[k]));
+// Online log-sum-exp: each thread keeps a running max m and sum s of exp(v - m), rescaling s when m
+// grows, so the row is read once (a max pass then an exp pass read it twice). A thread that has seen
+// only -inf keeps s = 0.
+struct OnlineLse {
+  float m = -INFINITY, s = 0.f;
+  __device__ __forceinline__ void raise_to(float new_max) {
+    if (new_max > m) {
+      s = m == -INFINITY ? 0.f : s * __expf(m - new_max);
+      m = new_max;
     }
-  } else {
-    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) f(j, to_float(row[j]));
   }
-}
+  __device__ __forceinline__ void add(float v) {
+    if (m != -INFINITY) s += __expf(v - m);
+  }
+};
 
 template <typename T, bool kPacked>
 __global__ void cross_entropy_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
                                          float* __restrict__ nll, float* __restrict__ lse, int64_t vocab) {
   const int64_t row = blockIdx.x;
   const T* l = logits + row * vocab;
-  float m = -INFINITY;
-  for_row<T, kPacked>(l, vocab, [&](int64_t, float v) { m = fmaxf(m, v); });
-  m = block_max(m);
-  float total = 0.f;
-  for_row<T, kPacked>(l, vocab, [&](int64_t, float v) { total += __expf(v - m); });
-  total = block_sum(total);
+  OnlineLse acc;
+  if (kPacked) {
+    const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(l);
+    for (int64_t i = threadIdx.x; i < vocab / Pack<T>::kSize; i += blockDim.x) {
+      const Pack<T> p = packs[i];
+      float v[Pack<T>::kSize], pack_max = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < Pack<T>::kSize; ++k) {
+        v[k] = to_float(p.v[k]);
+        pack_max = fmaxf(pack_max, v[k]);
+      }
+      acc.raise_to(pack_max);
+#pragma unroll
+      for (int k = 0; k < Pack<T>::kSize; ++k) acc.add(v[k]);
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+      const float v = to_float(l[j]);
+      acc.raise_to(v);
+      acc.add(v);
+    }
+  }
+  const float m = block_max(acc.m);
+  const float total = block_sum(acc.m == -INFINITY ? 0.f : acc.s * __expf(acc.m - m));
   if (threadIdx.x == 0) {
     const float row_lse = m + logf(total);
     lse[row] = row_lse;
@@ -446,14 +567,56 @@ int silu_mul_backward(const void* gate, const void* up, const void* grad, void* 
   });
 }
 
+int silu_mul_packed_forward(const void* gate_up, void* out, DType dtype, int64_t rows, int64_t hidden, void* stream) {
+  if (rows == 0 || hidden == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    constexpr int V = Pack<T>::kSize;
+    const auto kernel = hidden % V == 0 && aligned16(gate_up) && aligned16(out) ? silu_mul_packed_fwd_kernel<T, V>
+                                                                              : silu_mul_packed_fwd_kernel<T, 1>;
+    kernel<<<packed_blocks(rows), kPackedThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(gate_up), static_cast<T*>(out), rows, hidden);
+    return finish();
+  });
+}
+
+int silu_mul_packed_backward(const void* gate_up, const void* grad, void* grad_gate_up, DType dtype, int64_t rows,
+                             int64_t hidden, void* stream) {
+  if (rows == 0 || hidden == 0) return 0;
+  return dispatch(dtype, [&](auto* tt) {
+    using T = std::remove_pointer_t<decltype(tt)>;
+    constexpr int V = Pack<T>::kSize;
+    const auto kernel = hidden % V == 0 && aligned16(gate_up) && aligned16(grad) && aligned16(grad_gate_up)
+                            ? silu_mul_packed_bwd_kernel<T, V>
+                            : silu_mul_packed_bwd_kernel<T, 1>;
+    kernel<<<packed_blocks(rows), kPackedThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(gate_up), static_cast<const T*>(grad), static_cast<T*>(grad_gate_up), rows, hidden);
+    return finish();
+  });
+}
+
 int rope_forward(const void* x, void* out, DType dtype, const float* cos_table, const float* sin_table,
                  const int64_t* positions, const RopeShape& shape, void* stream) {
   const int64_t pairs = shape.B * shape.H * shape.T * (shape.D / 2);
   if (pairs == 0) return 0;
   return dispatch(dtype, [&](auto* tt) {
     using T = std::remove_pointer_t<decltype(tt)>;
-    rope_kernel<T><<<static_cast<unsigned>(shape.B * shape.T), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(x), static_cast<T*>(out), cos_table, sin_table, positions, shape);
+    constexpr int64_t V = Pack<T>::kSize;
+    const int64_t half = shape.D / 2;
+    const int64_t threads = shape.H * (shape.interleaved ? shape.D / V : half / V);
+    // 16-byte chunks: every head, token and batch start (in and out) and the chunk width aligned.
+    const bool strides_ok = shape.x_stride_b % V == 0 && shape.x_stride_h % V == 0 && shape.x_stride_t % V == 0 &&
+                            shape.out_stride_b % V == 0 && shape.out_stride_h % V == 0 && shape.out_stride_t % V == 0;
+    const bool vec = strides_ok && aligned16(x) && aligned16(out) && aligned16(cos_table) && aligned16(sin_table) &&
+                     (shape.interleaved ? shape.D % V == 0 : half % V == 0) && threads <= 1024;
+    if (vec) {
+      rope_vec_kernel<T><<<static_cast<unsigned>(shape.B * shape.T), static_cast<unsigned>((threads + 31) / 32 * 32), 0,
+                           static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(x), static_cast<T*>(out), cos_table,
+                                                                 sin_table, positions, shape);
+    } else {
+      rope_kernel<T><<<static_cast<unsigned>(shape.B * shape.T), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+          static_cast<const T*>(x), static_cast<T*>(out), cos_table, sin_table, positions, shape);
+    }
     return finish();
   });
 }

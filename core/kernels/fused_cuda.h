@@ -30,14 +30,21 @@ int silu_mul_forward(const void* gate, const void* up, void* out, DType dtype, i
 // grad_gate = grad · up · silu'(gate), grad_up = grad · silu(gate).
 int silu_mul_backward(const void* gate, const void* up, const void* grad, void* grad_gate, void* grad_up, DType dtype,
                       int64_t n, void* stream);
+// The same on a packed input [rows, 2·hidden] holding gate then up in each row (one GEMM's output):
+// out [rows, hidden] contiguous; the backward writes both gradients into grad_gate_up [rows, 2·hidden],
+// the layout the GEMM's backward reads.
+int silu_mul_packed_forward(const void* gate_up, void* out, DType dtype, int64_t rows, int64_t hidden, void* stream);
+int silu_mul_packed_backward(const void* gate_up, const void* grad, void* grad_gate_up, DType dtype, int64_t rows,
+                             int64_t hidden, void* stream);
 
-// Rotary embedding of x [B, H, T, D] (any strides with the last dimension contiguous; out has the same
-// strides): pairs (i, i + D/2) (half split) or (2i, 2i + 1) (interleaved) rotated by the angle of the
+// Rotary embedding of x [B, H, T, D] into out [B, H, T, D] (each with its own strides, the last dimension
+// contiguous): pairs (i, i + D/2) (half split) or (2i, 2i + 1) (interleaved) rotated by the angle of the
 // token's position; cos/sin tables [max_positions, D/2] float32; positions int64 [T] or [B, T]
 // (positions_batched). inverse = rotate by minus the angle (the backward pass).
 struct RopeShape {
   int64_t B, H, T, D;
   int64_t x_stride_b, x_stride_h, x_stride_t;
+  int64_t out_stride_b, out_stride_h, out_stride_t;
   bool interleaved, positions_batched, inverse;
 };
 int rope_forward(const void* x, void* out, DType dtype, const float* cos_table, const float* sin_table,

@@ -6,6 +6,8 @@
 #include <ATen/autocast_mode.h>
 
 #include "core/error.h"
+#include "core/kernels/fused.h"
+#include "core/nn/fused_linear.h"
 
 namespace tessera::nn {
 namespace {
@@ -315,9 +317,6 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const RotaryEmb
   check(x.dim() == 3 && x.size(2) == dim_, "SelfAttention: expected x [B, T, ", dim_, "], got ",
         x.sizes());
   const int64_t T = x.size(1);
-  torch::Tensor q = project_heads(wq, x, n_heads_, head_dim_);
-  torch::Tensor k = project_heads(wk, x, n_kv_heads_, head_dim_);
-  torch::Tensor v = project_heads(wv, x, n_kv_heads_, head_dim_);
 
   // With a cache the new queries sit after the cached keys; the offset comes from the cache so that
   // callers cannot get it wrong (an explicit, different offset is refused).
@@ -331,14 +330,25 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const RotaryEmb
     shifted.q_offset = cached;
     mask_spec = &shifted;
   }
-  if (rope) {
-    const torch::Tensor pos =
-        positions.defined()
-            ? positions
-            : at::arange(mask_spec->q_offset, mask_spec->q_offset + T,
-                         torch::TensorOptions().dtype(at::kLong).device(x.device()));
-    q = rope->apply(q, pos);
-    k = rope->apply(k, pos);
+  const torch::Tensor pos =
+      !rope || positions.defined() ? positions : rope->range(mask_spec->q_offset, T, x.device());
+  torch::Tensor q, k, v;
+  if (fused_projections) {
+    const torch::Tensor qkv = concat_linear(x, {wq.get(), wk.get(), wv.get()});
+    const kernels::QkvHeads heads =
+        rope ? rope->split_qkv(qkv, n_heads_, n_kv_heads_, pos)
+             : kernels::split_qkv_rope(qkv, n_heads_, n_kv_heads_, {}, {}, {}, /*interleaved=*/false);
+    q = heads.q;
+    k = heads.k;
+    v = heads.v;
+  } else {
+    q = project_heads(wq, x, n_heads_, head_dim_);
+    k = project_heads(wk, x, n_kv_heads_, head_dim_);
+    v = project_heads(wv, x, n_kv_heads_, head_dim_);
+    if (rope) {
+      q = rope->apply(q, pos);
+      k = rope->apply(k, pos);
+    }
   }
   if (cache) std::tie(k, v) = cache->append(k, v);
   return wo->forward(merge_heads(attention(q, k, v, *mask_spec)));

@@ -50,6 +50,17 @@ void RotaryEmbeddingImpl::check_positions(const torch::Tensor& positions) const 
   }
 }
 
+torch::Tensor RotaryEmbeddingImpl::range(int64_t start, int64_t len, torch::Device device) const {
+  check(start >= 0 && len >= 0, "RoPE: bad position range start=", start, " length=", len);
+  check(start + len <= max_positions_, "RoPE: position ", start + len - 1, " is beyond the table of ", max_positions_,
+        " positions; raise max_positions (the model's max_seq_len)");
+  torch::Tensor positions = at::arange(start, start + len, torch::TensorOptions().dtype(at::kLong).device(device));
+  std::lock_guard<std::mutex> lock(checked_mutex_);
+  checked_positions_ = positions;
+  checked_version_ = positions._version();
+  return positions;
+}
+
 torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Tensor& positions) const {
   check(x.dim() == 4 && x.size(3) == head_dim_, "RoPE: expected x [B, H, T, ", head_dim_, "], got ",
         x.sizes());
@@ -66,6 +77,23 @@ torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Te
   if (!kernels::cuda_graph_capturing()) check_positions(positions);
 
   return kernels::rope(x, cos_table, sin_table, positions, layout_ == RopeLayout::Interleaved, fused);
+}
+
+kernels::QkvHeads RotaryEmbeddingImpl::split_qkv(const torch::Tensor& qkv, int64_t n_heads, int64_t n_kv_heads,
+                                                 const torch::Tensor& positions) const {
+  check(qkv.dim() == 3 && n_heads > 0 && n_kv_heads > 0 && qkv.size(2) == (n_heads + 2 * n_kv_heads) * head_dim_,
+        "RoPE: expected qkv [B, T, (", n_heads, " + 2·", n_kv_heads, ")·", head_dim_, "], got ", qkv.sizes());
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  check(positions.defined() && at::isIntegralType(positions.scalar_type(), /*includeBool=*/false),
+        "RoPE: positions must be an integer tensor");
+  check((positions.dim() == 1 && positions.size(0) == T) ||
+            (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
+        "RoPE: positions must be [T] or [B, T] with B=", B, ", T=", T, "; got ", positions.sizes());
+  check(cos_table.device() == qkv.device(), "RoPE: tables are on ", cos_table.device(), " but qkv is on ",
+        qkv.device(), "; move the module with .to(device)");
+  if (!kernels::cuda_graph_capturing()) check_positions(positions);
+  return kernels::split_qkv_rope(qkv, n_heads, n_kv_heads, cos_table, sin_table, positions,
+                                 layout_ == RopeLayout::Interleaved, fused);
 }
 
 }  // namespace tessera::nn

@@ -8,6 +8,8 @@
 #include <mutex>
 #include <string>
 
+#include "core/kernels/fused.h"
+
 namespace tessera::nn {
 
 // Which channels form the rotated pairs. Checkpoints differ, and loading one with the wrong layout
@@ -27,6 +29,16 @@ struct RotaryEmbeddingImpl : torch::nn::Module {
   // x [B, H, T, D]; positions integer [T] (shared by the batch) or [B, T], each in [0, max_positions).
   // Returns x rotated, in x's dtype; the rotation runs in float32 for bf16/fp16 inputs.
   torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& positions) const;
+
+  // One fused projection's output qkv [B, T, (Hq + 2·Hkv)·D] split into heads with q and k rotated at
+  // positions ([T] or [B, T]); see kernels::split_qkv_rope.
+  kernels::QkvHeads split_qkv(const torch::Tensor& qkv, int64_t n_heads, int64_t n_kv_heads,
+                              const torch::Tensor& positions) const;
+
+  // Positions start, start + 1, ..., start + len - 1 on device, range-checked on the host from the two
+  // integers and remembered as checked, so that apply() needs no device sync for them (a fresh arange
+  // would cost one sync per forward: its min/max must come back to the host).
+  torch::Tensor range(int64_t start, int64_t len, torch::Device device) const;
 
   int64_t head_dim() const { return head_dim_; }
   int64_t max_positions() const { return max_positions_; }

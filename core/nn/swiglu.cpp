@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/kernels/fused.h"
+#include "core/nn/fused_linear.h"
 
 namespace tessera::nn {
 
@@ -28,6 +29,7 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden_dim) {
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
   const int64_t dim = w1->options.in_features();
   check(x.dim() >= 1 && x.size(-1) == dim, "SwiGLU: expected input [..., ", dim, "], got ", x.sizes());
+  if (fused_projection) return w2->forward(kernels::silu_mul_packed(concat_linear(x, {w1.get(), w3.get()}), fused));
   return w2->forward(kernels::silu_mul(w1->forward(x), w3->forward(x), fused));
 }
 

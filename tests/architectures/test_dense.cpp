@@ -138,41 +138,53 @@ TEST(Dense, TrainsOnARepeatingPattern) {
 // gradients with fused_kernels on and off, under bf16 autocast. On the CPU both take the ATen path
 // (identical; it checks the dtypes flow); on CUDA the kernels round once where the ATen path rounds at
 // several places, so the two agree to bf16 precision.
-TEST(Dense, FusedKernelsGiveTheSameLossAndGradients) {
+TEST(Dense, FusedKernelsAndProjectionsGiveTheSameLossAndGradients) {
+  // Each fusion (core/kernels; one GEMM for q/k/v and for w1/w3) against the plain ATen model with
+  // separate projections: in float32, and under bf16 autocast (on the CPU too, where the dtypes flow as
+  // on CUDA), where one GEMM rounds where separate ones rounded three times.
   std::vector<at::Device> devices{at::kCPU};
   if (torch::cuda::is_available()) devices.emplace_back(at::kCUDA, 0);
   for (const at::Device& device : devices) {
-    SCOPED_TRACE(device.str());
-    at::manual_seed(5);
-    DenseConfig c = tiny();
-    c.dim = 64;
-    c.n_heads = 4;
-    DenseModel fused(c);
-    c.fused_kernels = false;
-    DenseModel plain(c);
-    {
-      torch::NoGradGuard no_grad;
-      const auto src = fused.named_parameters();
-      for (auto& p : plain.named_parameters()) p.value().copy_(src[p.key()]);
-    }
-    fused.to(device);
-    plain.to(device);
-    const at::Tensor x = at::randint(50, {3, 24}, at::kLong).to(device);
-    const at::Tensor y = at::randint(50, {3, 24}, at::kLong).to(device);
-    auto loss_of = [&](DenseModel& m) {
-      const AutocastGuard autocast(device.type(), true);  // bf16 on the CPU too: the dtypes flow as on CUDA
-      const at::Tensor logits = m.forward(batch_of(x)).logits;
-      return kernels::cross_entropy_nll(logits.reshape({-1, logits.size(-1)}), y.reshape({-1})).mean();
-    };
-    const at::Tensor lf = loss_of(fused), lp = loss_of(plain);
-    lf.backward();
-    lp.backward();
-    const double tol = device.is_cuda() ? 2e-2 : 1e-6;
-    EXPECT_NEAR(lf.item<double>(), lp.item<double>(), tol * lp.item<double>());
-    const auto plain_params = plain.named_parameters();
-    for (const auto& p : fused.named_parameters()) {
-      const at::Tensor a = p.value().grad().to(at::kDouble).cpu(), b = plain_params[p.key()].grad().to(at::kDouble).cpu();
-      EXPECT_LT((a - b).norm().item<double>(), tol * b.norm().item<double>() + 1e-9) << p.key();
+    for (const auto& [kernels_on, projections_on] : std::vector<std::pair<bool, bool>>{{true, true}, {true, false}, {false, true}}) {
+      for (const bool bf16 : {false, true}) {
+        SCOPED_TRACE(device.str() + (kernels_on ? " kernels" : "") + (projections_on ? " projections" : "") +
+                     (bf16 ? " bf16" : " f32"));
+        at::manual_seed(5);
+        DenseConfig c = tiny();
+        c.dim = 64;
+        c.n_heads = 4;
+        c.n_kv_heads = 2;
+        c.fused_kernels = kernels_on;
+        c.fused_projections = projections_on;
+        DenseModel fused(c);
+        c.fused_kernels = false;
+        c.fused_projections = false;
+        DenseModel plain(c);
+        {
+          torch::NoGradGuard no_grad;
+          const auto src = fused.named_parameters();
+          for (auto& p : plain.named_parameters()) p.value().copy_(src[p.key()]);
+        }
+        fused.to(device);
+        plain.to(device);
+        const at::Tensor x = at::randint(50, {3, 24}, at::kLong).to(device);
+        const at::Tensor y = at::randint(50, {3, 24}, at::kLong).to(device);
+        auto loss_of = [&](DenseModel& m) {
+          const AutocastGuard autocast(device.type(), bf16);
+          const at::Tensor logits = m.forward(batch_of(x)).logits;
+          return kernels::cross_entropy_nll(logits.reshape({-1, logits.size(-1)}), y.reshape({-1})).mean();
+        };
+        const at::Tensor lf = loss_of(fused), lp = loss_of(plain);
+        lf.backward();
+        lp.backward();
+        const double tol = bf16 ? 2e-2 : (device.is_cuda() ? 1e-4 : 1e-5);
+        EXPECT_NEAR(lf.item<double>(), lp.item<double>(), tol * lp.item<double>());
+        const auto plain_params = plain.named_parameters();
+        for (const auto& p : fused.named_parameters()) {
+          const at::Tensor a = p.value().grad().to(at::kDouble).cpu(), b = plain_params[p.key()].grad().to(at::kDouble).cpu();
+          EXPECT_LT((a - b).norm().item<double>(), tol * b.norm().item<double>() + 1e-9) << p.key();
+        }
+      }
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <torch/cuda.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/kernels/fused.h"
@@ -109,34 +110,105 @@ TEST(FusedKernels, SiluMulMatchesFloat64ValuesAndGradients) {
   }
 }
 
+TEST(FusedKernels, SiluMulPackedMatchesFloat64ValuesAndGradients) {
+  // gate_up rows [gate | up]: hidden 171 (the scalar path), 256 (16-byte packs), and 256 in a misaligned
+  // view (offset by one element: the scalar path again).
+  for (const Case& c : cases()) {
+    for (const auto& [hidden, offset] : std::vector<std::pair<int64_t, int64_t>>{{171, 0}, {256, 0}, {256, 1}}) {
+      SCOPED_TRACE(name(c) + " hidden " + std::to_string(hidden) + " offset " + std::to_string(offset));
+      const int64_t rows = 37, n = rows * 2 * hidden;
+      const at::Tensor gu64 = at::randn({n + offset}, at::kDouble) * 2.0;
+      const at::Tensor gate_up =
+          gu64.to(c.device, c.dtype).narrow(0, offset, n).view({rows, 2 * hidden}).detach().requires_grad_();
+      const at::Tensor out = silu_mul_packed(gate_up);
+      EXPECT_EQ(out.sizes(), (std::vector<int64_t>{rows, hidden}));
+      const at::Tensor go = at::randn({rows, hidden}, at::kDouble);
+      (out.to(at::kFloat) * go.to(c.device, at::kFloat)).sum().backward();
+      const at::Tensor ref_in = f64(gate_up.cpu()).requires_grad_();
+      const at::Tensor g = ref_in.narrow(1, 0, hidden), u = ref_in.narrow(1, hidden, hidden);
+      const at::Tensor ref = g / (1.0 + (-g).exp()) * u;
+      (ref * go).sum().backward();
+      EXPECT_LT(rel_err(out, ref), c.tol);
+      EXPECT_LT(rel_err(gate_up.grad(), ref_in.grad()), c.tol);
+    }
+  }
+}
+
 TEST(FusedKernels, RopeMatchesFloat64RotationAndItsTranspose) {
-  const int64_t B = 2, T = 19, H = 3, D = 32, half = D / 2;
+  // D = 32: 16-byte chunks (the vector kernel); D = 12: the scalar kernel (bf16 both layouts, f32 half split).
+  const int64_t B = 2, T = 19, H = 3;
+  const double theta = 10000.0;
+  for (const Case& c : cases()) {
+    for (const int64_t D : {32, 12}) {
+      const int64_t half = D / 2;
+      const at::Tensor inv_freq = at::pow(theta, -at::arange(0, half, at::kDouble) * 2.0 / D);
+      const at::Tensor angles = at::outer(at::arange(64, at::kDouble), inv_freq);
+      for (const bool interleaved : {false, true}) {
+        for (const bool batched : {false, true}) {
+          SCOPED_TRACE(name(c) + " D " + std::to_string(D) + (interleaved ? " interleaved" : " half split") +
+                       (batched ? " [B, T]" : " [T]"));
+          const at::Tensor cos_t = angles.cos().to(c.device, at::kFloat), sin_t = angles.sin().to(c.device, at::kFloat);
+          const at::Tensor pos = batched ? at::randint(0, 64, {B, T}, at::kLong) : at::randperm(64, at::kLong).narrow(0, 0, T);
+          // x as the projection makes it: [B, T, H, D] memory viewed as [B, H, T, D].
+          const at::Tensor x64 = at::randn({B, T, H, D}, at::kDouble);
+          const at::Tensor x = x64.to(c.device, c.dtype).transpose(1, 2).detach().requires_grad_();
+          const at::Tensor out = rope(x, cos_t, sin_t, pos.to(c.device), interleaved);
+          const at::Tensor go = at::randn({B, H, T, D}, at::kDouble);
+          (out.to(at::kFloat) * go.to(c.device, at::kFloat)).sum().backward();
+
+          const auto position = [&](int64_t b, int64_t t) {
+            return batched ? pos[b][t].item<int64_t>() : pos[t].item<int64_t>();
+          };
+          const nn::RopeLayout layout = interleaved ? nn::RopeLayout::Interleaved : nn::RopeLayout::HalfSplit;
+          const at::Tensor ref = nn::testing::ref_rope(f64(x.cpu()), position, theta, layout);
+          EXPECT_LT(rel_err(out, ref), c.tol);
+          // The gradient is the inverse rotation of the incoming gradient: rotating it forward again
+          // gives the incoming gradient back.
+          const at::Tensor back = nn::testing::ref_rope(f64(x.grad().cpu()), position, theta, layout);
+          EXPECT_LT(rel_err(back, go), c.tol);
+        }
+      }
+    }
+  }
+}
+
+TEST(FusedKernels, SplitQkvRopeMatchesFloat64HeadsAndGradients) {
+  // One projection's output [B, T, (Hq + 2·Hkv)·D] (grouped query: Hq = 4, Hkv = 2): q and k rotated like
+  // separate heads, v as is; the gradient of qkv holds each part's gradient (q and k rotated back).
+  const int64_t B = 2, T = 19, Hq = 4, Hkv = 2, D = 32, half = D / 2, E = (Hq + 2 * Hkv) * D;
   const double theta = 10000.0;
   const at::Tensor inv_freq = at::pow(theta, -at::arange(0, half, at::kDouble) * 2.0 / D);
   const at::Tensor angles = at::outer(at::arange(64, at::kDouble), inv_freq);
   for (const Case& c : cases()) {
     for (const bool interleaved : {false, true}) {
-      for (const bool batched : {false, true}) {
-        SCOPED_TRACE(name(c) + (interleaved ? " interleaved" : " half split") + (batched ? " [B, T]" : " [T]"));
+      for (const bool rotate : {true, false}) {
+        SCOPED_TRACE(name(c) + (interleaved ? " interleaved" : " half split") + (rotate ? "" : " no rotation"));
         const at::Tensor cos_t = angles.cos().to(c.device, at::kFloat), sin_t = angles.sin().to(c.device, at::kFloat);
-        const at::Tensor pos = batched ? at::randint(0, 64, {B, T}, at::kLong) : at::randperm(64, at::kLong).narrow(0, 0, T);
-        // x as the projection makes it: [B, T, H, D] memory viewed as [B, H, T, D].
-        const at::Tensor x64 = at::randn({B, T, H, D}, at::kDouble);
-        const at::Tensor x = x64.to(c.device, c.dtype).transpose(1, 2).detach().requires_grad_();
-        const at::Tensor out = rope(x, cos_t, sin_t, pos.to(c.device), interleaved);
-        const at::Tensor go = at::randn({B, H, T, D}, at::kDouble);
-        (out.to(at::kFloat) * go.to(c.device, at::kFloat)).sum().backward();
+        const at::Tensor pos = at::randperm(64, at::kLong).narrow(0, 0, T);
+        const at::Tensor qkv = at::randn({B, T, E}, at::kDouble).to(c.device, c.dtype).requires_grad_();
+        const QkvHeads heads = rotate ? split_qkv_rope(qkv, Hq, Hkv, cos_t, sin_t, pos.to(c.device), interleaved)
+                                      : split_qkv_rope(qkv, Hq, Hkv, {}, {}, {}, false);
+        ASSERT_EQ(heads.q.sizes(), (std::vector<int64_t>{B, Hq, T, D}));
+        ASSERT_EQ(heads.k.sizes(), (std::vector<int64_t>{B, Hkv, T, D}));
+        ASSERT_EQ(heads.v.sizes(), (std::vector<int64_t>{B, Hkv, T, D}));
+        const at::Tensor gq = at::randn({B, Hq, T, D}, at::kDouble), gk = at::randn({B, Hkv, T, D}, at::kDouble);
+        const at::Tensor gv = at::randn({B, Hkv, T, D}, at::kDouble);
+        auto dot = [&](const at::Tensor& t, const at::Tensor& g) { return (t.to(at::kFloat) * g.to(c.device, at::kFloat)).sum(); };
+        (dot(heads.q, gq) + dot(heads.k, gk) + dot(heads.v, gv)).backward();
 
-        const auto position = [&](int64_t b, int64_t t) {
-          return batched ? pos[b][t].item<int64_t>() : pos[t].item<int64_t>();
-        };
         const nn::RopeLayout layout = interleaved ? nn::RopeLayout::Interleaved : nn::RopeLayout::HalfSplit;
-        const at::Tensor ref = nn::testing::ref_rope(f64(x.cpu()), position, theta, layout);
-        EXPECT_LT(rel_err(out, ref), c.tol);
-        // The gradient is the inverse rotation of the incoming gradient: rotating it forward again
-        // gives the incoming gradient back.
-        const at::Tensor back = nn::testing::ref_rope(f64(x.grad().cpu()), position, theta, layout);
-        EXPECT_LT(rel_err(back, go), c.tol);
+        const auto position = [&](int64_t, int64_t t) { return pos[t].item<int64_t>(); };
+        const at::Tensor q64 = f64(qkv.cpu()).view({B, T, Hq + 2 * Hkv, D}).transpose(1, 2);  // [B, H, T, D]
+        auto part = [&](const at::Tensor& all, int64_t first, int64_t count) { return all.narrow(1, first, count); };
+        auto maybe_rope = [&](const at::Tensor& x) { return rotate ? nn::testing::ref_rope(x, position, theta, layout) : x; };
+        EXPECT_LT(rel_err(heads.q, maybe_rope(part(q64, 0, Hq))), c.tol);
+        EXPECT_LT(rel_err(heads.k, maybe_rope(part(q64, Hq, Hkv))), c.tol);
+        EXPECT_LT(rel_err(heads.v, part(q64, Hq + Hkv, Hkv)), 1e-12);  // a view: exact
+        // The gradient's q and k parts rotated forward again give the incoming gradients back.
+        const at::Tensor grad = f64(qkv.grad().cpu()).view({B, T, Hq + 2 * Hkv, D}).transpose(1, 2);
+        EXPECT_LT(rel_err(maybe_rope(part(grad, 0, Hq)), gq), c.tol);
+        EXPECT_LT(rel_err(maybe_rope(part(grad, Hq, Hkv)), gk), c.tol);
+        EXPECT_LT(rel_err(part(grad, Hq + Hkv, Hkv), gv), c.dtype == at::kFloat ? 1e-6 : 5e-3);
       }
     }
   }
@@ -151,6 +223,8 @@ TEST(FusedKernels, CrossEntropyMatchesFloat64AndIgnoresMinus100) {
       at::Tensor targets = at::randint(0, vocab, {N}, at::kLong);
       targets[3] = -100;
       targets[17] = -100;
+      l64[5].narrow(0, 0, vocab / 2).fill_(-std::numeric_limits<double>::infinity());  // a masked half
+      targets[5] = vocab - 1;
       const at::Tensor logits = l64.to(c.device, c.dtype).requires_grad_();
       const at::Tensor nll = cross_entropy_nll(logits, targets.to(c.device));
       EXPECT_EQ(nll.scalar_type(), at::kFloat);
