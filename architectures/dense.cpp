@@ -7,6 +7,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/kernels/fused.h"
+#include "core/nn/fused_linear.h"
 
 namespace tessera {
 
@@ -40,6 +41,7 @@ DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
   feed_forward->fused = c.fused_kernels;
   feed_forward->fused_projection = c.fused_projections;
   attention->fused_projections = c.fused_projections;
+  attention->fused = c.fused_kernels;
   fused_kernels = c.fused_kernels;
 }
 
@@ -133,7 +135,7 @@ at::Tensor DenseModel::run(const at::Tensor& tokens, const at::Tensor& positions
                                              norm->scale(), norm->eps, kernels::activation_dtype(sum),
                                              config_.fused_kernels)
                            .normed;
-  return config_.tie_embeddings ? at::linear(h, tok_embeddings->weight) : output->forward(h);
+  return config_.tie_embeddings ? at::linear(h, tok_embeddings->weight) : nn::project(h, {output.get()}, config_.fused_kernels);
 }
 
 Outputs DenseModel::forward(const Batch& batch) {

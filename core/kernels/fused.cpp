@@ -285,6 +285,45 @@ struct QkvRopeFunction : torch::autograd::Function<QkvRopeFunction> {
   }
 };
 
+// autocast_linear's op: w0..w2 float32 masters (empty tensors for absent ones), dtype the autocast dtype.
+struct AutocastLinearFunction : torch::autograd::Function<AutocastLinearFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w0, const at::Tensor& w1,
+                            const at::Tensor& w2, int64_t dtype_code) {
+    const auto dtype = static_cast<at::ScalarType>(dtype_code);
+    std::vector<at::Tensor> parts;
+    std::vector<int64_t> rows;
+    for (const at::Tensor* w : {&w0, &w1, &w2}) {
+      if (w->numel() == 0) continue;
+      parts.push_back(w->to(dtype));
+      rows.push_back(w->size(0));
+    }
+    const at::Tensor weight = parts.size() == 1 ? parts[0] : at::cat(parts);
+    const at::Tensor input = x.to(dtype);
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    return at::matmul(input, weight.t());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1];
+    const std::vector<int64_t> rows = ctx->saved_data["rows"].toIntVector();
+    const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const int64_t in = weight.size(1), out = weight.size(0);
+    const at::Tensor grad = grads[0].to(weight.scalar_type()).reshape({-1, out});
+    const at::Tensor grad_input = at::mm(grad, weight).view(input.sizes()).to(x_dtype);
+    // [out, in] in float32 from the GEMM itself: no bf16 weight gradient to cast.
+    const at::Tensor grad_weight = at::mm(grad.t(), input.reshape({-1, in}), at::kFloat);
+    variable_list result{grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    int64_t offset = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      result[1 + i] = grad_weight.narrow(0, offset, rows[i]);
+      offset += rows[i];
+    }
+    return result;
+  }
+};
+
 struct CrossEntropyFunction : torch::autograd::Function<CrossEntropyFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits_in, const at::Tensor& targets_in) {
     const c10::cuda::CUDAGuard guard(logits_in.device());
@@ -426,6 +465,32 @@ at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets
     return CrossEntropyFunction::apply(logits, targets);
 #endif
   return cross_entropy_aten(logits, targets);
+}
+
+at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights, bool use_kernel) {
+  check(!weights.empty() && weights.size() <= 3, "autocast_linear: expected 1 to 3 weights, got ", weights.size());
+  const int64_t in = weights.front().size(-1);
+  for (const at::Tensor& w : weights)
+    check(w.dim() == 2 && w.size(1) == in, "autocast_linear: weights must be [out, ", in, "], got ", w.sizes());
+  check(x.dim() >= 1 && x.size(-1) == in, "autocast_linear: expected x [..., ", in, "], got ", x.sizes());
+  const c10::DeviceType device = x.device().type();
+  const bool autocast = at::autocast::is_autocast_enabled(device);
+#ifdef TESSERA_WITH_CUDA
+  bool masters = true;
+  for (const at::Tensor& w : weights) masters = masters && w.scalar_type() == at::kFloat && w.is_cuda();
+  const at::ScalarType dtype = autocast ? at::autocast::get_autocast_dtype(device) : x.scalar_type();
+  if (use_kernel && on_cuda(x) && autocast && masters && (dtype == at::kBFloat16 || dtype == at::kHalf) &&
+      x.numel() > 0) {
+    const at::Tensor none = at::empty({0}, weights.front().options());
+    return AutocastLinearFunction::apply(x, weights[0], weights.size() > 1 ? weights[1] : none,
+                                         weights.size() > 2 ? weights[2] : none, static_cast<int64_t>(dtype));
+  }
+#endif
+  if (weights.size() == 1) return at::linear(x, weights[0]);
+  std::vector<at::Tensor> cast;
+  for (const at::Tensor& w : weights)
+    cast.push_back(autocast ? at::autocast::cached_cast(at::autocast::get_autocast_dtype(device), w, device) : w);
+  return at::linear(x, at::cat(cast));
 }
 
 at::ScalarType activation_dtype(const at::Tensor& x) {

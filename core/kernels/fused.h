@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace tessera::kernels {
 
 // Whether this build has the CUDA kernels (LibTorch with CUDA and TESSERA_WITH_CUDA).
@@ -57,6 +59,13 @@ QkvHeads split_qkv_rope(const at::Tensor& qkv, int64_t n_heads, int64_t n_kv_hea
 // -100 is ignored: 0 and no gradient). The CUDA kernel reads bf16 logits directly: no float32 copy of the
 // logits is made, forward or backward.
 at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets, bool use_kernel = true);
+
+// y = x · [W_1; ...; W_n]^T for 1 ≤ n ≤ 3 bias-free weights [out_i, in]. With CUDA autocast on and float32
+// weights, one op: each weight is cast to the autocast dtype once, one GEMM, and the backward's weight GEMM
+// writes float32 gradients directly (cuBLAS with a float32 output) where autocast's path would write bf16
+// gradients and cast each afterwards (a pass over every weight gradient). Otherwise at::linear over the
+// weights (cast by autocast's cached cast when on, then concatenated): the same math.
+at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights, bool use_kernel = true);
 
 // The dtype activations take under autocast on x's device (bf16 on CUDA when enabled), else x's dtype:
 // what a fused norm should write so that the next projection needs no cast.

@@ -38,10 +38,10 @@ bool rows_may_be_empty(const MaskSpec& spec, int64_t q_len, int64_t kv_len) {
          spec.q_offset + q_len > kv_len;
 }
 
-torch::Tensor project_heads(torch::nn::Linear& proj, const torch::Tensor& x, int64_t heads,
-                            int64_t head_dim) {
+torch::Tensor project_heads(const torch::nn::Linear& proj, const torch::Tensor& x, int64_t heads, int64_t head_dim,
+                            bool use_kernels = false) {
   // [B, T, H*D] -> [B, H, T, D]; a strided view, which SDPA takes as is (last dim contiguous).
-  return proj->forward(x).view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
+  return project(x, {proj.get()}, use_kernels).view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
 }
 
 torch::Tensor merge_heads(const torch::Tensor& y) {
@@ -334,7 +334,7 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const RotaryEmb
       !rope || positions.defined() ? positions : rope->range(mask_spec->q_offset, T, x.device());
   torch::Tensor q, k, v;
   if (fused_projections) {
-    const torch::Tensor qkv = concat_linear(x, {wq.get(), wk.get(), wv.get()});
+    const torch::Tensor qkv = project(x, {wq.get(), wk.get(), wv.get()}, fused);
     const kernels::QkvHeads heads =
         rope ? rope->split_qkv(qkv, n_heads_, n_kv_heads_, pos)
              : kernels::split_qkv_rope(qkv, n_heads_, n_kv_heads_, {}, {}, {}, /*interleaved=*/false);
@@ -342,16 +342,16 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const RotaryEmb
     k = heads.k;
     v = heads.v;
   } else {
-    q = project_heads(wq, x, n_heads_, head_dim_);
-    k = project_heads(wk, x, n_kv_heads_, head_dim_);
-    v = project_heads(wv, x, n_kv_heads_, head_dim_);
+    q = project_heads(wq, x, n_heads_, head_dim_, fused);
+    k = project_heads(wk, x, n_kv_heads_, head_dim_, fused);
+    v = project_heads(wv, x, n_kv_heads_, head_dim_, fused);
     if (rope) {
       q = rope->apply(q, pos);
       k = rope->apply(k, pos);
     }
   }
   if (cache) std::tie(k, v) = cache->append(k, v);
-  return wo->forward(merge_heads(attention(q, k, v, *mask_spec)));
+  return project(merge_heads(attention(q, k, v, *mask_spec)), {wo.get()}, fused);
 }
 
 CrossAttentionImpl::CrossAttentionImpl(const CrossAttentionOptions& o)

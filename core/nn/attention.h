@@ -117,9 +117,11 @@ struct SelfAttentionImpl : torch::nn::Module {
   int64_t head_dim() const { return head_dim_; }
 
   torch::nn::Linear wq{nullptr}, wk{nullptr}, wv{nullptr}, wo{nullptr};  // Llama's names
-  // q, k and v from one GEMM over the concatenated weights (nn::concat_linear), split (and rotated) by one
+  // q, k and v from one GEMM over the concatenated weights (nn::project), split (and rotated) by one
   // op whose backward writes a single input gradient; the parameters stay wq, wk, wv.
   bool fused_projections = false;
+  // core/kernels ops on CUDA: the projections' float32 weight gradients from the GEMM (nn::project).
+  bool fused = false;
 
  private:
   int64_t dim_, n_heads_, n_kv_heads_, head_dim_;

@@ -1,4 +1,4 @@
-// Several linear layers over the same input as one GEMM: y = x · [W_1; W_2; ...]^T (+ [b_1; b_2; ...]).
+// Linear layers (no bias, or all with bias) over one input as one GEMM: y = x · [W_1; W_2; ...]^T (+ b).
 // The layers keep their own parameters (checkpoint names unchanged); their weights are concatenated per
 // call. One GEMM gives one input gradient, where separate layers' gradients must be summed.
 #pragma once
@@ -9,9 +9,12 @@
 
 namespace tessera::nn {
 
-// x [..., in] -> [..., sum of out features], the layers' outputs side by side in the given order. Under
-// autocast each weight is cast with autocast's cached cast before the concatenation, so the float32
+// x [..., in] -> [..., sum of out features], the layers' outputs side by side in the given order (one
+// layer: the layer itself). Under autocast the weights are cast before the concatenation, so the float32
 // masters are never copied whole and the GEMM runs in the autocast dtype, as separate layers would.
-torch::Tensor concat_linear(const torch::Tensor& x, const std::vector<const torch::nn::LinearImpl*>& layers);
+// use_kernels: on CUDA under autocast, bias-free float32 weights go through kernels::autocast_linear,
+// whose backward writes the weights' float32 gradients straight from the GEMM (no bf16 gradient cast).
+torch::Tensor project(const torch::Tensor& x, const std::vector<const torch::nn::LinearImpl*>& layers,
+                      bool use_kernels = true);
 
 }  // namespace tessera::nn

@@ -29,8 +29,10 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden_dim) {
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
   const int64_t dim = w1->options.in_features();
   check(x.dim() >= 1 && x.size(-1) == dim, "SwiGLU: expected input [..., ", dim, "], got ", x.sizes());
-  if (fused_projection) return w2->forward(kernels::silu_mul_packed(concat_linear(x, {w1.get(), w3.get()}), fused));
-  return w2->forward(kernels::silu_mul(w1->forward(x), w3->forward(x), fused));
+  const torch::Tensor hidden =
+      fused_projection ? kernels::silu_mul_packed(project(x, {w1.get(), w3.get()}, fused), fused)
+                       : kernels::silu_mul(project(x, {w1.get()}, fused), project(x, {w3.get()}, fused), fused);
+  return project(hidden, {w2.get()}, fused);
 }
 
 }  // namespace tessera::nn

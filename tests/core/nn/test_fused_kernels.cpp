@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
 
 #include <cmath>
@@ -252,6 +253,50 @@ TEST(FusedKernels, CrossEntropyBadTargetIsNotSilent) {
     const at::Tensor nll = cross_entropy_nll(logits.cuda(), targets.cuda()).cpu();
     EXPECT_TRUE(std::isnan(nll[2].item<float>()));  // NaN, which the trainer's NaN check names
     EXPECT_TRUE(std::isfinite(nll[0].item<float>()));
+  }
+}
+
+TEST(FusedKernels, AutocastLinearMatchesFloat64WithFloat32WeightGradients) {
+  // One, two and three float32 weights under autocast (bf16 on CUDA: the op whose backward writes float32
+  // weight gradients from the GEMM; the CPU: ATen's cached casts) and without (float32 throughout).
+  std::vector<at::Device> devices{at::kCPU};
+  if (cuda_kernels_built() && torch::cuda::is_available()) devices.emplace_back(at::kCUDA, 0);
+  for (const at::Device& device : devices) {
+    for (const bool autocast : {true, false}) {
+      for (const std::vector<int64_t>& outs : std::vector<std::vector<int64_t>>{{24}, {24, 8}, {16, 8, 8}}) {
+        SCOPED_TRACE(device.str() + (autocast ? " autocast" : " float32") + " weights " + std::to_string(outs.size()));
+        const int64_t in = 40;
+        std::vector<at::Tensor> weights, refs;
+        for (const int64_t out : outs) {
+          const at::Tensor w64 = at::randn({out, in}, at::kDouble) * 0.2;
+          weights.push_back(w64.to(device, at::kFloat).requires_grad_());
+          refs.push_back(w64.clone().requires_grad_());
+        }
+        const at::Tensor x64 = at::randn({3, 7, in}, at::kDouble);
+        const at::Tensor x = x64.to(device, autocast ? at::kBFloat16 : at::kFloat).requires_grad_();
+        at::Tensor y;
+        {
+          at::autocast::set_autocast_enabled(device.type(), autocast);
+          at::autocast::set_autocast_dtype(device.type(), at::kBFloat16);
+          y = autocast_linear(x, weights);
+          at::autocast::set_autocast_enabled(device.type(), false);
+          at::autocast::clear_cache();
+        }
+        EXPECT_EQ(y.scalar_type(), autocast ? at::kBFloat16 : at::kFloat);
+        const at::Tensor gy = at::randn(y.sizes(), at::kDouble);
+        (y.to(at::kFloat) * gy.to(device, at::kFloat)).sum().backward();
+        const at::Tensor xr = f64(x.cpu()).requires_grad_();
+        const at::Tensor ref = at::linear(xr, at::cat(refs));
+        (ref * gy).sum().backward();
+        const double tol = autocast ? 1.5e-2 : 1e-5;
+        EXPECT_LT(rel_err(y, ref), tol);
+        EXPECT_LT(rel_err(x.grad(), xr.grad()), tol);
+        for (size_t i = 0; i < weights.size(); ++i) {
+          EXPECT_EQ(weights[i].grad().scalar_type(), at::kFloat);
+          EXPECT_LT(rel_err(weights[i].grad(), refs[i].grad()), tol) << "weight " << i;
+        }
+      }
+    }
   }
 }
 
