@@ -290,14 +290,21 @@ struct AutocastLinearFunction : torch::autograd::Function<AutocastLinearFunction
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w0, const at::Tensor& w1,
                             const at::Tensor& w2, int64_t dtype_code) {
     const auto dtype = static_cast<at::ScalarType>(dtype_code);
-    std::vector<at::Tensor> parts;
     std::vector<int64_t> rows;
-    for (const at::Tensor* w : {&w0, &w1, &w2}) {
-      if (w->numel() == 0) continue;
-      parts.push_back(w->to(dtype));
-      rows.push_back(w->size(0));
-    }
-    const at::Tensor weight = parts.size() == 1 ? parts[0] : at::cat(parts);
+    int64_t total = 0;
+    for (const at::Tensor* w : {&w0, &w1, &w2})
+      if (w->numel() > 0) {
+        rows.push_back(w->size(0));
+        total += w->size(0);
+      }
+    // Each master cast straight into its rows of the concatenated weight: no separate concatenation.
+    const at::Tensor weight = at::empty({total, w0.size(1)}, w0.options().dtype(dtype));
+    int64_t offset = 0;
+    for (const at::Tensor* w : {&w0, &w1, &w2})
+      if (w->numel() > 0) {
+        weight.narrow(0, offset, w->size(0)).copy_(*w);
+        offset += w->size(0);
+      }
     const at::Tensor input = x.to(dtype);
     ctx->save_for_backward({input, weight});
     ctx->saved_data["rows"] = rows;
@@ -491,6 +498,44 @@ at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& w
   for (const at::Tensor& w : weights)
     cast.push_back(autocast ? at::autocast::cached_cast(at::autocast::get_autocast_dtype(device), w, device) : w);
   return at::linear(x, at::cat(cast));
+}
+
+void adamw_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
+                const std::vector<at::Tensor>& steps, double lr, double beta1, double beta2, double weight_decay,
+                double eps, const at::Tensor& grad_multiplier, bool use_kernel) {
+  const size_t n = params.size();
+  check(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
+        "adamw_step: parameter, gradient, moment and step lists differ in length");
+  if (n == 0) return;
+  at::NoGradGuard no_grad;
+  at::_foreach_add_(steps, 1.0);
+#ifdef TESSERA_WITH_CUDA
+  bool kernel = use_kernel;
+  for (size_t i = 0; i < n && kernel; ++i)
+    for (const at::Tensor* t : {&params[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i], &steps[i]})
+      kernel = kernel && on_cuda(*t) && t->scalar_type() == at::kFloat && (t == &steps[i] || t->is_contiguous());
+  kernel = kernel && (!grad_multiplier.defined() ||
+                      (on_cuda(grad_multiplier) && grad_multiplier.scalar_type() == at::kFloat && grad_multiplier.numel() == 1));
+  if (kernel) {
+    const c10::cuda::CUDAGuard guard(params.front().device());
+    const float* multiplier = grad_multiplier.defined() ? grad_multiplier.data_ptr<float>() : nullptr;
+    for (size_t i = 0; i < n; ++i) {
+      check(grads[i].numel() == params[i].numel(), "adamw_step: gradient of parameter ", i, " has ",
+            grads[i].numel(), " values, the parameter ", params[i].numel());
+      check_launch(kc::adamw_step(params[i].data_ptr<float>(), grads[i].data_ptr<float>(),
+                                  exp_avgs[i].data_ptr<float>(), exp_avg_sqs[i].data_ptr<float>(),
+                                  steps[i].data_ptr<float>(), multiplier, params[i].numel(), static_cast<float>(lr),
+                                  static_cast<float>(beta1), static_cast<float>(beta2),
+                                  static_cast<float>(weight_decay), static_cast<float>(eps), stream_of(params[i])),
+                   "adamw");
+    }
+    return;
+  }
+#endif
+  if (grad_multiplier.defined()) at::_foreach_mul_(grads, grad_multiplier.to(grads.front().scalar_type()));
+  at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
+                    weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
 }
 
 at::ScalarType activation_dtype(const at::Tensor& x) {

@@ -67,6 +67,17 @@ at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets
 // weights (cast by autocast's cached cast when on, then concatenated): the same math.
 at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights, bool use_kernel = true);
 
+// AdamW (decoupled weight decay; PyTorch's fused AdamW math) over parameters with their gradients, moments
+// and float32 step counters (incremented here). Each gradient is multiplied by grad_multiplier (a 0-dim
+// float32 tensor on the parameters' device, e.g. the clipping coefficient; undefined: 1) inside the update,
+// so clipping needs no pass of its own over the gradients. On CUDA with float32 state: one kernel per
+// tensor that leaves the gradients untouched; otherwise the gradients are scaled in place, then ATen's
+// _fused_adamw_.
+void adamw_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
+                const std::vector<at::Tensor>& steps, double lr, double beta1, double beta2, double weight_decay,
+                double eps, const at::Tensor& grad_multiplier, bool use_kernel = true);
+
 // The dtype activations take under autocast on x's device (bf16 on CUDA when enabled), else x's dtype:
 // what a fused norm should write so that the next projection needs no cast.
 at::ScalarType activation_dtype(const at::Tensor& x);

@@ -481,6 +481,41 @@ __global__ void cross_entropy_bwd_kernel(const T* __restrict__ logits, const int
   }
 }
 
+// ---- AdamW ---------------------------------------------------------------------------------------
+
+template <int W>
+__global__ void adamw_kernel(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ exp_avg,
+                             float* __restrict__ exp_avg_sq, const float* __restrict__ step,
+                             const float* __restrict__ grad_multiplier, int64_t chunks, float lr, float beta1,
+                             float beta2, float weight_decay, float eps) {
+  // Bias corrections in double, then float, as PyTorch's fused kernel computes them.
+  const double t = *step;
+  const float bias_correction1 = static_cast<float>(1.0 - pow(static_cast<double>(beta1), t));
+  const float bias_correction2_sqrt = static_cast<float>(sqrt(1.0 - pow(static_cast<double>(beta2), t)));
+  const float step_size = lr / bias_correction1;
+  const float multiplier = grad_multiplier ? *grad_multiplier : 1.f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < chunks;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float p[W], g[W], m[W], v[W];
+    load<W>(param, i, p);
+    load<W>(grad, i, g);
+    load<W>(exp_avg, i, m);
+    load<W>(exp_avg_sq, i, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float gk = g[k] * multiplier;
+      if (weight_decay != 0.f) p[k] -= lr * weight_decay * p[k];
+      m[k] = fmaf(beta1, m[k], fmaf(-beta1, gk, gk));
+      v[k] = fmaf(beta2, v[k], fmaf(-beta2, gk * gk, gk * gk));
+      const float denom = sqrtf(v[k]) / bias_correction2_sqrt + eps;
+      p[k] -= step_size * m[k] / denom;
+    }
+    store<W>(param, i, p);
+    store<W>(exp_avg, i, m);
+    store<W>(exp_avg_sq, i, v);
+  }
+}
+
 }  // namespace
 
 int add_rms_norm_forward(const float* residual, const void* x, DType x_dtype, const float* scale, float* sum_out,
@@ -645,6 +680,18 @@ int cross_entropy_backward(const void* logits, DType dtype, const int64_t* targe
         static_cast<const T*>(logits), targets, lse, grad_nll, static_cast<T*>(grad_logits), vocab);
     return finish();
   });
+}
+
+int adamw_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, const float* step,
+               const float* grad_multiplier, int64_t n, float lr, float beta1, float beta2, float weight_decay,
+               float eps, void* stream) {
+  if (n == 0) return 0;
+  const bool wide = n % 4 == 0 && aligned16(param) && aligned16(grad) && aligned16(exp_avg) && aligned16(exp_avg_sq);
+  const int64_t chunks = wide ? n / 4 : n;
+  const auto kernel = wide ? adamw_kernel<4> : adamw_kernel<1>;
+  kernel<<<elementwise_blocks(chunks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      param, grad, exp_avg, exp_avg_sq, step, grad_multiplier, chunks, lr, beta1, beta2, weight_decay, eps);
+  return finish();
 }
 
 }  // namespace tessera::kernels::cuda

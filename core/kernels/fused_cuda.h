@@ -59,4 +59,11 @@ int cross_entropy_forward(const void* logits, DType dtype, const int64_t* target
 int cross_entropy_backward(const void* logits, DType dtype, const int64_t* targets, const float* lse,
                            const float* grad_nll, void* grad_logits, int64_t rows, int64_t vocab, void* stream);
 
+// One AdamW step (decoupled weight decay; PyTorch's fused AdamW math in float32) over n float32 values:
+// g = grad · *grad_multiplier (null: 1) enters the moments; grad itself is not written. step points at the
+// (already incremented) float32 step count on the device.
+int adamw_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, const float* step,
+               const float* grad_multiplier, int64_t n, float lr, float beta1, float beta2, float weight_decay,
+               float eps, void* stream);
+
 }  // namespace tessera::kernels::cuda

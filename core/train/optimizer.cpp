@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
+#include "core/kernels/fused.h"
 
 namespace tessera {
 
@@ -18,8 +19,7 @@ AdamW::AdamW(NamedTensorList params, AdamWConfig config) : params_(std::move(par
   groups_ = {decay, no_decay};
 }
 
-void AdamW::step(double lr) {
-  at::NoGradGuard no_grad;
+void AdamW::step(double lr, const at::Tensor& grad_multiplier) {
   for (const Group& g : groups_) {
     std::vector<at::Tensor> params, grads, m, v, steps;
     for (size_t i : g.members) {
@@ -31,10 +31,8 @@ void AdamW::step(double lr) {
       v.push_back(exp_avg_sq_[i]);
       steps.push_back(steps_[i]);
     }
-    if (params.empty()) continue;
-    at::_foreach_add_(steps, 1.0);
-    at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, config_.beta1, config_.beta2,
-                      g.weight_decay, config_.eps, /*amsgrad=*/false, /*maximize=*/false);
+    kernels::adamw_step(params, grads, m, v, steps, lr, config_.beta1, config_.beta2, g.weight_decay, config_.eps,
+                        grad_multiplier);
   }
 }
 
@@ -79,12 +77,14 @@ at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm
   if (grads.empty()) return at::zeros({});
   const std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2);
   const at::Tensor total = at::linalg_vector_norm(at::stack(norms).to(at::kFloat), 2);
-  if (max_norm > 0) {
-    // min(1, max_norm / norm) stays on the device: no synchronisation in the training step.
-    const at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    at::_foreach_mul_(grads, coef.to(grads.front().dtype()));
-  }
+  if (max_norm > 0) at::_foreach_mul_(grads, clip_coefficient(total, max_norm).to(grads.front().dtype()));
   return total;
+}
+
+at::Tensor clip_coefficient(const at::Tensor& norm, double max_norm) {
+  check(max_norm > 0, "clip_coefficient: max_norm must be positive, got ", max_norm);
+  // Stays on the device: no synchronisation in the training step.
+  return (max_norm / (norm.to(at::kFloat) + 1e-6)).clamp_max(1.0);
 }
 
 }  // namespace tessera

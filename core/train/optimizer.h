@@ -1,5 +1,5 @@
-// AdamW with decoupled weight decay through ATen's fused kernel (`_fused_adamw_`, on CPU and CUDA):
-// one launch per parameter group instead of a dozen element-wise ops per tensor. Matrices decay;
+// AdamW with decoupled weight decay through a fused kernel (kernels::adamw_step: core/kernels' on CUDA,
+// ATen's `_fused_adamw_` elsewhere) instead of a dozen element-wise ops per tensor. Matrices decay;
 // norm gains and biases (dim < 2) do not.
 #pragma once
 
@@ -25,7 +25,10 @@ class AdamW {
  public:
   AdamW(NamedTensorList params, AdamWConfig config);
 
-  void step(double lr);
+  // grad_multiplier: a 0-dim float32 tensor on the parameters' device multiplying every gradient inside the
+  // update (the clipping coefficient from clip_coefficient: clipping without its own pass over the
+  // gradients); undefined: 1.
+  void step(double lr, const at::Tensor& grad_multiplier = at::Tensor());
   void zero_grad();  // sets gradients to undefined (frees them; next backward allocates)
 
   // "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.step" — what optimizer.safetensors holds.
@@ -46,5 +49,9 @@ class AdamW {
 // Scales gradients so that their global L2 norm is at most max_norm (no host sync); returns the norm
 // before clipping as a 0-dim tensor. max_norm <= 0 only measures.
 at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+// min(1, max_norm / norm) as a 0-dim float32 tensor on norm's device (no host sync): what clip_grad_norm
+// multiplies the gradients by, for AdamW::step to apply inside the update.
+at::Tensor clip_coefficient(const at::Tensor& norm, double max_norm);
 
 }  // namespace tessera

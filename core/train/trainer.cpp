@@ -182,7 +182,8 @@ StepOutput train_step(LanguageModel& model, Objective& objective,
   }
   if (model.stage_timer()) model.stage_timer()->finish();
   out.loss = loss_sum / static_cast<double>(grad_accum);
-  out.grad_norm = clip_grad_norm(params, grad_clip);
+  out.grad_norm = clip_grad_norm(params, /*max_norm=*/0.0);  // measured only: AdamW applies the clipping
+  if (grad_clip > 0) out.grad_multiplier = clip_coefficient(out.grad_norm, grad_clip);
   return out;
 }
 
@@ -308,7 +309,7 @@ TrainResult train(TrainerSetup setup, bool resume) {
            ". Lower train.lr, raise train.warmup_steps or check the data, then resume with --resume.");
     }
     const at::Tensor& grad_norm = out.grad_norm;
-    optimizer.step(lr);
+    optimizer.step(lr, out.grad_multiplier);
     optimizer.zero_grad();
     ++step;
     last_loss = loss;

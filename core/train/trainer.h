@@ -84,12 +84,15 @@ struct TrainResult {
 };
 
 // The gradient half of one optimizer step over `grad_accum` micro-batches: forward/backward under
-// autocast and gradient clipping. The caller checks the loss and then applies AdamW, so a non-finite
-// loss never reaches the weights. Shared by the trainer and `tessera bench train`, so the benchmark
-// times the real step. Returns the mean loss (device tensor, not synchronised) and the pre-clip norm.
+// autocast, and the gradient norm with the clipping coefficient. The caller checks the loss and then
+// applies AdamW with `grad_multiplier` (the clipping, folded into the update: the gradients themselves
+// are left unclipped), so a non-finite loss never reaches the weights. Shared by the trainer and
+// `tessera bench train`, so the benchmark times the real step. Returns the mean loss (device tensor, not
+// synchronised) and the pre-clip norm.
 struct StepOutput {
   at::Tensor loss;
   at::Tensor grad_norm;
+  at::Tensor grad_multiplier;  // min(1, grad_clip / grad_norm); undefined when grad_clip <= 0
   int64_t tokens = 0;
 };
 StepOutput train_step(LanguageModel& model, Objective& objective,

@@ -162,7 +162,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
       for (int64_t s = 0; s < std::max<int64_t>(o.warmup, 2); ++s) {
         copy_batch_into(static_batch, next_batch());
         const StepOutput out = train_step(*model, objective, params, [&] { return static_batch; }, 1, 1e-4, 1.0, device, bf16);
-        optimizer.step(1e-4);
+        optimizer.step(1e-4, out.grad_multiplier);
         losses.push_back(out.loss.item<double>());
       }
       optimizer.zero_grad();  // the captured backward allocates the gradients in the graph's pool
@@ -170,7 +170,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
       try {
         graph.capture_begin();
         const StepOutput out = train_step(*model, objective, params, [&] { return static_batch; }, 1, 1e-4, 1.0, device, bf16);
-        optimizer.step(1e-4);
+        optimizer.step(1e-4, out.grad_multiplier);
         graph.capture_end();
         static_loss = out.loss;
       } catch (const std::exception& e) {
@@ -196,7 +196,7 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
     synchronize(device);
     const auto t0 = std::chrono::steady_clock::now();
     const StepOutput out = train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
-    optimizer.step(1e-4);
+    optimizer.step(1e-4, out.grad_multiplier);
     optimizer.zero_grad();
     synchronize(device);
     const auto t1 = std::chrono::steady_clock::now();
@@ -209,8 +209,8 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
   KernelProfile profile;
   if (o.profile_steps > 0) {
     profile = profile_kernels(device, o.profile_steps, [&] {
-      train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
-      optimizer.step(1e-4);
+      const StepOutput out = train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
+      optimizer.step(1e-4, out.grad_multiplier);
       optimizer.zero_grad();
     }, o.trace);
   }
@@ -222,9 +222,9 @@ TrainBenchResult bench_train(const TrainBenchOptions& o) {
     model->set_stage_timer(timer);
     for (int64_t s = 0; s < o.stage_steps; ++s) {
       timer->begin_step();
-      train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
+      const StepOutput out = train_step(*model, objective, params, next_batch, 1, 1e-4, 1.0, device, bf16);
       const auto split = timer->collect();
-      optimizer.step(1e-4);
+      optimizer.step(1e-4, out.grad_multiplier);
       optimizer.zero_grad();
       if (stage_ms.empty())
         for (const auto& st : split) stage_ms.push_back({st.stage, {}});

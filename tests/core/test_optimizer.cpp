@@ -3,7 +3,11 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <vector>
 
+#include <torch/cuda.h>
+
+#include "core/kernels/fused.h"
 #include "core/train/optimizer.h"
 
 namespace tessera {
@@ -93,6 +97,51 @@ TEST(ClipGradNorm, ScalesToMaxNormAndReportsTheNormBefore) {
   const at::Tensor n2 = clip_grad_norm({a, b}, 10.0);
   EXPECT_NEAR(n2.item<double>(), 1.0, 1e-5);
   EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-5);
+}
+
+TEST(AdamW, GradMultiplierScalesInsideTheUpdateOnEveryDevice) {
+  // The clipping coefficient applied by the update itself (the CUDA kernel where this build has it, the
+  // ATen path on the CPU) equals AdamW on the scaled gradients, written out in float64. Sizes with and
+  // without whole float4 accesses; the CUDA kernel leaves the gradients as they were.
+  std::vector<at::Device> devices{at::kCPU};
+  if (kernels::cuda_kernels_built() && torch::cuda::is_available()) devices.emplace_back(at::kCUDA, 0);
+  for (const at::Device& device : devices) {
+    SCOPED_TRACE(device.str());
+    at::manual_seed(11);
+    at::Tensor w = at::randn({6, 10}).to(device).requires_grad_(true);
+    at::Tensor b = at::randn({7}).to(device).requires_grad_(true);
+    AdamW opt({{"w", w}, {"b", b}}, AdamWConfig{0.9, 0.95, 1e-8, 0.1});
+    RefAdamW rw{to_vec(w), std::vector<double>(60), std::vector<double>(60)};
+    RefAdamW rb{to_vec(b), std::vector<double>(7), std::vector<double>(7)};
+    for (int s = 0; s < 4; ++s) {
+      const double lr = 1e-2, multiplier = 0.25 + 0.2 * s;
+      const at::Tensor gw = at::randn({6, 10}), gb = at::randn({7});
+      w.mutable_grad() = gw.to(device, /*non_blocking=*/false, /*copy=*/true);  // the CPU path scales it in place
+      b.mutable_grad() = gb.to(device, /*non_blocking=*/false, /*copy=*/true);
+      opt.step(lr, at::full({}, multiplier, at::TensorOptions().dtype(at::kFloat).device(device)));
+      if (device.is_cuda()) {
+        EXPECT_TRUE(at::equal(w.grad().cpu(), gw)) << "the kernel must not rewrite the gradients";
+      }
+      opt.zero_grad();
+      auto scaled = [&](const at::Tensor& g) {
+        std::vector<double> v = to_vec(g);
+        for (double& x : v) x *= static_cast<double>(static_cast<float>(multiplier));
+        return v;
+      };
+      rw.update(scaled(gw), lr, 0.9, 0.95, 1e-8, 0.1);
+      rb.update(scaled(gb), lr, 0.9, 0.95, 1e-8, 0.0);
+    }
+    const auto pw = to_vec(w.cpu()), pb = to_vec(b.cpu());
+    for (size_t i = 0; i < pw.size(); ++i) EXPECT_NEAR(pw[i], rw.p[i], 1e-5);
+    for (size_t i = 0; i < pb.size(); ++i) EXPECT_NEAR(pb[i], rb.p[i], 1e-5);
+  }
+}
+
+TEST(ClipGradNorm, CoefficientIsMinOfOneAndMaxNormOverNorm) {
+  EXPECT_NEAR(clip_coefficient(at::full({}, 5.0), 1.0).item<double>(), 0.2, 1e-6);
+  EXPECT_NEAR(clip_coefficient(at::full({}, 0.5), 1.0).item<double>(), 1.0, 1e-6);
+  EXPECT_EQ(clip_coefficient(at::full({}, 5.0, at::kDouble), 1.0).scalar_type(), at::kFloat);
+  EXPECT_ANY_THROW(clip_coefficient(at::full({}, 5.0), 0.0));
 }
 
 }  // namespace
