@@ -31,7 +31,7 @@ struct RefAdamW {
 };
 
 std::vector<double> to_vec(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::kDouble).contiguous().view(-1);
+  const at::Tensor c = t.to(at::kCPU, at::kDouble).contiguous().view(-1);  // host memory for data_ptr
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
@@ -131,7 +131,7 @@ TEST(AdamW, GradMultiplierScalesInsideTheUpdateOnEveryDevice) {
       rw.update(scaled(gw), lr, 0.9, 0.95, 1e-8, 0.1);
       rb.update(scaled(gb), lr, 0.9, 0.95, 1e-8, 0.0);
     }
-    const auto pw = to_vec(w.cpu()), pb = to_vec(b.cpu());
+    const auto pw = to_vec(w), pb = to_vec(b);
     for (size_t i = 0; i < pw.size(); ++i) EXPECT_NEAR(pw[i], rw.p[i], 1e-5);
     for (size_t i = 0; i < pb.size(); ++i) EXPECT_NEAR(pb[i], rb.p[i], 1e-5);
   }
