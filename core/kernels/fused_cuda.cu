@@ -101,6 +101,19 @@ __device__ __forceinline__ void store(T* __restrict__ row, int64_t j, const floa
   reinterpret_cast<Chunk<T, W>*>(row)[j] = c;
 }
 
+// x[j] (+ residual[j] when residual is not null), chunk j of W values, in float32.
+template <int W, typename TX>
+__device__ __forceinline__ void load_sum(const TX* __restrict__ x, const float* __restrict__ residual, int64_t j,
+                                         float (&out)[W]) {
+  load<W>(x, j, out);
+  if (residual) {
+    float r[W];
+    load<W>(residual, j, r);
+#pragma unroll
+    for (int k = 0; k < W; ++k) out[k] += r[k];
+  }
+}
+
 template <typename TX, typename TO, int W>
 __global__ void add_rms_norm_fwd_kernel(const float* __restrict__ residual, const TX* __restrict__ x,
                                         const float* __restrict__ scale, float* __restrict__ sum_out,
@@ -112,13 +125,7 @@ __global__ void add_rms_norm_fwd_kernel(const float* __restrict__ residual, cons
   float squares = 0.f;
   for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
     float v[W];
-    load<W>(xr, j, v);
-    if (rr) {
-      float r[W];
-      load<W>(rr, j, r);
-#pragma unroll
-      for (int k = 0; k < W; ++k) v[k] += r[k];
-    }
+    load_sum<W>(xr, rr, j, v);
     if (sr) store<W>(sr, j, v);
 #pragma unroll
     for (int k = 0; k < W; ++k) squares += v[k] * v[k];
@@ -131,13 +138,7 @@ __global__ void add_rms_norm_fwd_kernel(const float* __restrict__ residual, cons
     if (sr) {
       load<W>(sr, j, v);  // written by this thread above
     } else {
-      load<W>(xr, j, v);
-      if (rr) {
-        float r[W];
-        load<W>(rr, j, r);
-#pragma unroll
-        for (int k = 0; k < W; ++k) v[k] += r[k];
-      }
+      load_sum<W>(xr, rr, j, v);
     }
     load<W>(scale, j, sc);
 #pragma unroll

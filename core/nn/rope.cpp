@@ -50,6 +50,20 @@ void RotaryEmbeddingImpl::check_positions(const torch::Tensor& positions) const 
   }
 }
 
+void RotaryEmbeddingImpl::check_inputs(const torch::Tensor& positions, int64_t B, int64_t T,
+                                       torch::Device device) const {
+  check(positions.defined() && at::isIntegralType(positions.scalar_type(), /*includeBool=*/false),
+        "RoPE: positions must be an integer tensor");
+  check((positions.dim() == 1 && positions.size(0) == T) ||
+            (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
+        "RoPE: positions must be [T] or [B, T] with B=", B, ", T=", T, "; got ", positions.sizes());
+  check(cos_table.device() == device, "RoPE: tables are on ", cos_table.device(), " but the input is on ", device,
+        "; move the module with .to(device)");
+  // A captured CUDA graph replays the positions its warm-up steps checked; reading them on the host
+  // would break the capture.
+  if (!kernels::cuda_graph_capturing()) check_positions(positions);
+}
+
 torch::Tensor RotaryEmbeddingImpl::range(int64_t start, int64_t len, torch::Device device) const {
   check(start >= 0 && len >= 0, "RoPE: bad position range start=", start, " length=", len);
   check(start + len <= max_positions_, "RoPE: position ", start + len - 1, " is beyond the table of ", max_positions_,
@@ -64,18 +78,7 @@ torch::Tensor RotaryEmbeddingImpl::range(int64_t start, int64_t len, torch::Devi
 torch::Tensor RotaryEmbeddingImpl::apply(const torch::Tensor& x, const torch::Tensor& positions) const {
   check(x.dim() == 4 && x.size(3) == head_dim_, "RoPE: expected x [B, H, T, ", head_dim_, "], got ",
         x.sizes());
-  const int64_t B = x.size(0), T = x.size(2);
-  check(positions.defined() && at::isIntegralType(positions.scalar_type(), /*includeBool=*/false),
-        "RoPE: positions must be an integer tensor");
-  check((positions.dim() == 1 && positions.size(0) == T) ||
-            (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
-        "RoPE: positions must be [T] or [B, T] with B=", B, ", T=", T, "; got ", positions.sizes());
-  check(cos_table.device() == x.device(), "RoPE: tables are on ", cos_table.device(), " but x is on ",
-        x.device(), "; move the module with .to(device)");
-  // A captured CUDA graph replays the positions its warm-up steps checked; reading them on the host
-  // would break the capture.
-  if (!kernels::cuda_graph_capturing()) check_positions(positions);
-
+  check_inputs(positions, x.size(0), x.size(2), x.device());
   return kernels::rope(x, cos_table, sin_table, positions, layout_ == RopeLayout::Interleaved, fused);
 }
 
@@ -83,15 +86,7 @@ kernels::QkvHeads RotaryEmbeddingImpl::split_qkv(const torch::Tensor& qkv, int64
                                                  const torch::Tensor& positions) const {
   check(qkv.dim() == 3 && n_heads > 0 && n_kv_heads > 0 && qkv.size(2) == (n_heads + 2 * n_kv_heads) * head_dim_,
         "RoPE: expected qkv [B, T, (", n_heads, " + 2·", n_kv_heads, ")·", head_dim_, "], got ", qkv.sizes());
-  const int64_t B = qkv.size(0), T = qkv.size(1);
-  check(positions.defined() && at::isIntegralType(positions.scalar_type(), /*includeBool=*/false),
-        "RoPE: positions must be an integer tensor");
-  check((positions.dim() == 1 && positions.size(0) == T) ||
-            (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
-        "RoPE: positions must be [T] or [B, T] with B=", B, ", T=", T, "; got ", positions.sizes());
-  check(cos_table.device() == qkv.device(), "RoPE: tables are on ", cos_table.device(), " but qkv is on ",
-        qkv.device(), "; move the module with .to(device)");
-  if (!kernels::cuda_graph_capturing()) check_positions(positions);
+  check_inputs(positions, qkv.size(0), qkv.size(1), qkv.device());
   return kernels::split_qkv_rope(qkv, n_heads, n_kv_heads, cos_table, sin_table, positions,
                                  layout_ == RopeLayout::Interleaved, fused);
 }

@@ -52,6 +52,8 @@ struct RotaryEmbeddingImpl : torch::nn::Module {
   torch::Tensor cos_table, sin_table;
 
  private:
+  // Positions' type and shape for an input of batch B and length T on device, then their range.
+  void check_inputs(const torch::Tensor& positions, int64_t B, int64_t T, torch::Device device) const;
   void check_positions(const torch::Tensor& positions) const;
 
   int64_t head_dim_, max_positions_;
