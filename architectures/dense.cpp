@@ -27,6 +27,14 @@ void validate(const DenseConfig& c) {
   check(c.max_seq_len > 0, "model.max_seq_len must be positive");
   check(c.sliding_window >= 0, "model.sliding_window must be >= 0");
 }
+// RMSNorm of residual + pending (pending undefined: of residual alone), in the activation dtype, with the
+// sum kept in the residual's precision: one kernel on CUDA.
+kernels::AddRmsNorm norm_of_sum(const at::Tensor& residual, const at::Tensor& pending, const nn::RMSNormImpl& norm,
+                                bool use_kernel) {
+  const at::ScalarType act = kernels::activation_dtype(residual);
+  return pending.defined() ? kernels::add_rms_norm(residual, pending, norm.scale(), norm.eps, act, use_kernel)
+                           : kernels::add_rms_norm({}, residual, norm.scale(), norm.eps, act, use_kernel);
+}
 }  // namespace
 
 DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
@@ -39,7 +47,7 @@ DenseBlockImpl::DenseBlockImpl(const DenseConfig& c, int64_t hidden_dim) {
   ffn_norm = register_module("ffn_norm", nn::RMSNorm(c.dim, c.norm_eps));
   feed_forward = register_module("feed_forward", nn::SwiGLU(c.dim, hidden_dim));
   feed_forward->fused = c.fused_kernels;
-  feed_forward->fused_projection = c.fused_projections;
+  feed_forward->fused_projections = c.fused_projections;
   attention->fused_projections = c.fused_projections;
   attention->fused = c.fused_kernels;
   fused_kernels = c.fused_kernels;
@@ -58,14 +66,10 @@ std::pair<at::Tensor, at::Tensor> DenseBlockImpl::forward_deferred(const at::Ten
   // The residual stream stays in its precision (float32 under autocast); each norm writes the activation
   // dtype directly and also forms the residual sum (the previous block's pending feed-forward output, then
   // the attention output), in one kernel on CUDA.
-  const at::ScalarType act = kernels::activation_dtype(residual);
-  const kernels::AddRmsNorm a = pending.defined()
-                                    ? kernels::add_rms_norm(residual, pending, attention_norm->scale(),
-                                                            attention_norm->eps, act, fused_kernels)
-                                    : kernels::add_rms_norm({}, residual, attention_norm->scale(), attention_norm->eps,
-                                                            act, fused_kernels);
+  const kernels::AddRmsNorm a = norm_of_sum(residual, pending, *attention_norm, fused_kernels);
   const kernels::AddRmsNorm b = kernels::add_rms_norm(a.sum, attention->forward(a.normed, rope, positions, spec, cache),
-                                                      ffn_norm->scale(), ffn_norm->eps, act, fused_kernels);
+                                                      ffn_norm->scale(), ffn_norm->eps,
+                                                      kernels::activation_dtype(residual), fused_kernels);
   return {b.sum, feed_forward->forward(b.normed)};
 }
 
@@ -131,10 +135,7 @@ at::Tensor DenseModel::run(const at::Tensor& tokens, const at::Tensor& positions
   // The last block's feed-forward output is added inside the final norm (one kernel on CUDA).
   const auto [sum, pending] =
       run_dense_blocks_deferred(layers, rope.get(), tok_embeddings->forward(tokens), positions, spec, caches);
-  const at::Tensor h = kernels::add_rms_norm(pending.defined() ? sum : at::Tensor(), pending.defined() ? pending : sum,
-                                             norm->scale(), norm->eps, kernels::activation_dtype(sum),
-                                             config_.fused_kernels)
-                           .normed;
+  const at::Tensor h = norm_of_sum(sum, pending, *norm, config_.fused_kernels).normed;
   return config_.tie_embeddings ? at::linear(h, tok_embeddings->weight) : nn::project(h, {output.get()}, config_.fused_kernels);
 }
 

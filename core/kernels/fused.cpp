@@ -474,8 +474,11 @@ at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets
   return cross_entropy_aten(logits, targets);
 }
 
-at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights, bool use_kernel) {
+at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                           const std::vector<at::Tensor>& biases, bool use_kernel) {
   check(!weights.empty() && weights.size() <= 3, "autocast_linear: expected 1 to 3 weights, got ", weights.size());
+  check(biases.empty() || biases.size() == weights.size(), "autocast_linear: ", biases.size(), " biases for ",
+        weights.size(), " weights (none, or one per weight)");
   const int64_t in = weights.front().size(-1);
   for (const at::Tensor& w : weights)
     check(w.dim() == 2 && w.size(1) == in, "autocast_linear: weights must be [out, ", in, "], got ", w.sizes());
@@ -483,7 +486,7 @@ at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& w
   const c10::DeviceType device = x.device().type();
   const bool autocast = at::autocast::is_autocast_enabled(device);
 #ifdef TESSERA_WITH_CUDA
-  bool masters = true;
+  bool masters = biases.empty();
   for (const at::Tensor& w : weights) masters = masters && w.scalar_type() == at::kFloat && w.is_cuda();
   const at::ScalarType dtype = autocast ? at::autocast::get_autocast_dtype(device) : x.scalar_type();
   if (use_kernel && on_cuda(x) && autocast && masters && (dtype == at::kBFloat16 || dtype == at::kHalf) &&
@@ -493,11 +496,15 @@ at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& w
                                          weights.size() > 2 ? weights[2] : none, static_cast<int64_t>(dtype));
   }
 #endif
-  if (weights.size() == 1) return at::linear(x, weights[0]);
-  std::vector<at::Tensor> cast;
-  for (const at::Tensor& w : weights)
-    cast.push_back(autocast ? at::autocast::cached_cast(at::autocast::get_autocast_dtype(device), w, device) : w);
-  return at::linear(x, at::cat(cast));
+  auto joined = [&](const std::vector<at::Tensor>& parts) -> at::Tensor {
+    if (parts.empty()) return {};
+    if (parts.size() == 1) return parts[0];  // autocast casts it inside at::linear (cached for weights)
+    std::vector<at::Tensor> cast;
+    for (const at::Tensor& t : parts)
+      cast.push_back(autocast ? at::autocast::cached_cast(at::autocast::get_autocast_dtype(device), t, device) : t);
+    return at::cat(cast);
+  };
+  return at::linear(x, joined(weights), joined(biases));
 }
 
 void adamw_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,

@@ -60,12 +60,14 @@ QkvHeads split_qkv_rope(const at::Tensor& qkv, int64_t n_heads, int64_t n_kv_hea
 // logits is made, forward or backward.
 at::Tensor cross_entropy_nll(const at::Tensor& logits, const at::Tensor& targets, bool use_kernel = true);
 
-// y = x · [W_1; ...; W_n]^T for 1 ≤ n ≤ 3 bias-free weights [out_i, in]. With CUDA autocast on and float32
-// weights, one op: each weight is cast to the autocast dtype once, one GEMM, and the backward's weight GEMM
+// y = x · [W_1; ...; W_n]^T (+ [b_1; ...; b_n]) for 1 ≤ n ≤ 3 weights [out_i, in] (biases: none, or one per
+// weight). Bias-free float32 weights under CUDA autocast take one op: each weight is cast to the autocast
+// dtype once, straight into its rows of the concatenated weight, one GEMM, and the backward's weight GEMM
 // writes float32 gradients directly (cuBLAS with a float32 output) where autocast's path would write bf16
 // gradients and cast each afterwards (a pass over every weight gradient). Otherwise at::linear over the
 // weights (cast by autocast's cached cast when on, then concatenated): the same math.
-at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights, bool use_kernel = true);
+at::Tensor autocast_linear(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                           const std::vector<at::Tensor>& biases = {}, bool use_kernel = true);
 
 // AdamW (decoupled weight decay; PyTorch's fused AdamW math) over parameters with their gradients, moments
 // and float32 step counters (incremented here). Each gradient is multiplied by grad_multiplier (a 0-dim

@@ -1,7 +1,5 @@
 #include "core/nn/fused_linear.h"
 
-#include <ATen/autocast_mode.h>
-
 #include "core/error.h"
 #include "core/kernels/fused.h"
 
@@ -15,21 +13,12 @@ torch::Tensor project(const torch::Tensor& x, const std::vector<const torch::nn:
   for (const torch::nn::LinearImpl* layer : layers)
     check(layer->options.in_features() == in && layer->options.bias() == bias,
           "project: layers differ in input size or bias (", layer->options.in_features(), " vs ", in, ")");
-  if (!bias) {
-    std::vector<torch::Tensor> weights;
-    for (const torch::nn::LinearImpl* layer : layers) weights.push_back(layer->weight);
-    return kernels::autocast_linear(x, weights, use_kernels);
-  }
-  const c10::DeviceType device = x.device().type();
-  const bool autocast = at::autocast::is_autocast_enabled(device);
-  const at::ScalarType dtype = autocast ? at::autocast::get_autocast_dtype(device) : x.scalar_type();
-  auto cast = [&](const torch::Tensor& t) { return autocast ? at::autocast::cached_cast(dtype, t, device) : t; };
   std::vector<torch::Tensor> weights, biases;
   for (const torch::nn::LinearImpl* layer : layers) {
-    weights.push_back(cast(layer->weight));
-    biases.push_back(cast(layer->bias));
+    weights.push_back(layer->weight);
+    if (bias) biases.push_back(layer->bias);
   }
-  return weights.size() == 1 ? at::linear(x, weights[0], biases[0]) : at::linear(x, at::cat(weights), at::cat(biases));
+  return kernels::autocast_linear(x, weights, biases, use_kernels);
 }
 
 }  // namespace tessera::nn

@@ -12,8 +12,8 @@ namespace tessera::nn {
 // x [..., in] -> [..., sum of out features], the layers' outputs side by side in the given order (one
 // layer: the layer itself). Under autocast the weights are cast before the concatenation, so the float32
 // masters are never copied whole and the GEMM runs in the autocast dtype, as separate layers would.
-// use_kernels: on CUDA under autocast, bias-free float32 weights go through kernels::autocast_linear,
-// whose backward writes the weights' float32 gradients straight from the GEMM (no bf16 gradient cast).
+// Through kernels::autocast_linear: use_kernels lets bias-free float32 weights under CUDA autocast take its
+// op, whose backward writes the weights' float32 gradients straight from the GEMM (no bf16 gradient cast).
 torch::Tensor project(const torch::Tensor& x, const std::vector<const torch::nn::LinearImpl*>& layers,
                       bool use_kernels = true);
 

@@ -30,7 +30,7 @@ torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
   const int64_t dim = w1->options.in_features();
   check(x.dim() >= 1 && x.size(-1) == dim, "SwiGLU: expected input [..., ", dim, "], got ", x.sizes());
   const torch::Tensor hidden =
-      fused_projection ? kernels::silu_mul_packed(project(x, {w1.get(), w3.get()}, fused), fused)
+      fused_projections ? kernels::silu_mul_packed(project(x, {w1.get(), w3.get()}, fused), fused)
                        : kernels::silu_mul(project(x, {w1.get()}, fused), project(x, {w3.get()}, fused), fused);
   return project(hidden, {w2.get()}, fused);
 }

@@ -23,7 +23,7 @@ struct SwiGLUImpl : torch::nn::Module {
   torch::nn::Linear w2{nullptr};  // hidden -> dim (down projection)
   torch::nn::Linear w3{nullptr};  // dim -> hidden (linear branch)
   bool fused = true;                // core/kernels on CUDA tensors: silu(·) · (·) in one kernel, float32 weight gradients
-  bool fused_projection = false;    // W1 and W3 as one GEMM (nn::project); parameters stay w1, w3
+  bool fused_projections = false;    // W1 and W3 as one GEMM (nn::project); parameters stay w1, w3
 };
 TORCH_MODULE(SwiGLU);
 

@@ -300,6 +300,16 @@ TEST(FusedKernels, AutocastLinearMatchesFloat64WithFloat32WeightGradients) {
   }
 }
 
+TEST(FusedKernels, AutocastLinearWithBiasesConcatenatesThem) {
+  // Biased layers take the ATen path: the outputs side by side, each with its own bias.
+  const at::Tensor x = at::randn({5, 12});
+  const std::vector<at::Tensor> weights{at::randn({4, 12}), at::randn({6, 12})}, biases{at::randn({4}), at::randn({6})};
+  const at::Tensor y = autocast_linear(x, weights, biases);
+  EXPECT_TRUE(at::allclose(y.narrow(1, 0, 4), at::linear(x, weights[0], biases[0]), 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(y.narrow(1, 4, 6), at::linear(x, weights[1], biases[1]), 1e-5, 1e-5));
+  EXPECT_ANY_THROW(autocast_linear(x, weights, {biases[0]}));  // one bias for two weights
+}
+
 TEST(FusedKernels, ActivationDtypeFollowsAutocast) {
   const at::Tensor x = at::randn({2, 3});
   EXPECT_EQ(activation_dtype(x), at::kFloat);
