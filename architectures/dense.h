@@ -52,7 +52,7 @@ struct DenseConfig {
     v.optional("sliding_window", sliding_window, "attention window in tokens (0: full causal)");
     v.optional("init_std", init_std, "std of the normal weight init (output projections scaled by 1/sqrt(2·n_layers))");
     v.optional("fused_kernels", fused_kernels,
-               "fused CUDA kernels for residual add + RMSNorm, SwiGLU and RoPE (false: ATen ops; same math)");
+               "fused CUDA kernels for residual add + RMSNorm, SwiGLU, RoPE and float32 weight gradients (false: ATen ops; same math)");
     v.optional("fused_projections", fused_projections,
                "compute wq/wk/wv and SwiGLU's w1/w3 each as one GEMM over concatenated weights (same parameters)");
   }
